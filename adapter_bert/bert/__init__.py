@@ -1,0 +1,1 @@
+"""The frozen BERT base: config, Keras encoder, checkpoint readers and tokenizers."""

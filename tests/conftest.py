@@ -1,0 +1,20 @@
+"""Shared test setup: offline hub, quiet TensorFlow, paths to the shared GLUE files."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+GLUE_DIR = REPO.parent / "shared" / "data" / "glue"
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    if not (GLUE_DIR / "MRPC" / "dev.tsv").is_file():
+        pytest.fail(f"GLUE files not found under {GLUE_DIR}; ../shared must sit beside the checkout")
+    return GLUE_DIR
