@@ -26,8 +26,11 @@ TINY_VOCAB = (["[PAD]"] + [f"[unused{i}]" for i in range(4)] + ["[UNK]", "[CLS]"
                  "very", "and", "it", "was", "##s", "##ing", "##ed", ".", ",", "!", "?"])
 
 
-def tiny_bert_config(**overrides) -> BertConfig:
-    """A 2-layer, 32-wide BERT config; any field may be overridden."""
+def tiny_bert_config(dropout: float | None = None, **overrides) -> BertConfig:
+    """A 2-layer, 32-wide BERT config; any field may be overridden, `dropout` sets both rates."""
+    if dropout is not None:
+        overrides.setdefault("hidden_dropout_prob", dropout)
+        overrides.setdefault("attention_probs_dropout_prob", dropout)
     values = dict(vocab_size=len(TINY_VOCAB), hidden_size=32, num_hidden_layers=2,
                   num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
                   type_vocab_size=2)
@@ -40,11 +43,8 @@ def tiny_encoder(seed: int = 0, dropout: float | None = None, **overrides) -> Be
 
     LayerNorm parameters are randomised too, so tests notice a gamma/beta mix-up.
     """
-    if dropout is not None:
-        overrides.setdefault("hidden_dropout_prob", dropout)
-        overrides.setdefault("attention_probs_dropout_prob", dropout)
     keras.utils.set_random_seed(seed)
-    encoder = BertEncoder.from_bert_config(tiny_bert_config(**overrides))
+    encoder = BertEncoder.from_bert_config(tiny_bert_config(dropout=dropout, **overrides))
     rng = np.random.default_rng(seed)
     for variable in encoder.weights:
         if variable.path.endswith(("gamma", "beta", "bias")):

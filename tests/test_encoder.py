@@ -111,7 +111,7 @@ def test_dense_hooks_and_residual_hooks_change_outputs_and_are_untracked():
     base = encoder(inputs)["sequence_output"].numpy()
     n_weights = len(encoder.weights)
     value = encoder.layers[1].sublayer("attention.value")
-    value.hooks.append(lambda x, y, training: y * 0.5)
+    value.hooks.append(lambda x, y, training=None: y * 0.5)
     changed = encoder(inputs)["sequence_output"].numpy()
     value.hooks.clear()
     np.testing.assert_array_equal(encoder(inputs)["sequence_output"], base)
@@ -120,7 +120,7 @@ def test_dense_hooks_and_residual_hooks_change_outputs_and_are_untracked():
 
     calls = []
 
-    def residual(sub_out, sub_in, layer_norm, training):
+    def residual(sub_out, sub_in, layer_norm, training=None):
         calls.append(tuple(sub_out.shape))
         return layer_norm(sub_out + sub_in)
 

@@ -4,14 +4,14 @@ The math follows Hugging Face's `BertModel` (post-LayerNorm, exact-erf GELU) so 
 loads to the same outputs. Every sublayer an adapter method needs is a named attribute, and three
 kinds of hook let a method change the computation without subclassing the encoder:
 
-* `HookedDense.hooks`: callables `hook(x, y, training) -> y` run on a Dense layer's input `x` and
-  output `y` (LoRA adds a low-rank update, (IA)^3 rescales).
-* `BertSelfAttention.kv_hooks`: callables `hook(key, value, mask_bias, training)` that may extend the
+* `HookedDense.hooks` / `HookedLayerNorm.hooks`: callables `hook(x, y, training=...) -> y` run on a
+  layer's input `x` and output `y` (LoRA adds a low-rank update, (IA)^3 rescales, BitFit shifts).
+* `BertSelfAttention.kv_hooks`: callables `hook(key, value, mask_bias, training=...)` that may extend the
   per-head keys and values and their additive mask (prefix tuning).
 * `BertLayer.attention_residual` / `BertLayer.output_residual`: a callable
-  `residual(sublayer_output, sublayer_input, layer_norm, training) -> hidden` that replaces the
+  `residual(sublayer_output, sublayer_input, layer_norm=..., training=...) -> hidden` that replaces the
   "add and LayerNorm" after each sublayer (bottleneck adapters, per-task LayerNorm).
-* `BertEmbeddings.hooks`: callables `hook(embeddings, mask, training) -> (embeddings, mask)` run on
+* `BertEmbeddings.hooks`: callables `hook(embeddings, mask, training=...) -> (embeddings, mask)` run on
   the embedding output (prompt tuning).
 
 Hooks are plain Python lists, not Keras-tracked state: the layers that own adapter weights belong to
@@ -57,7 +57,7 @@ class HookedDense(keras.layers.Dense):
     >>> import numpy as np
     >>> dense = HookedDense(4)
     >>> y = dense(np.ones((2, 3), "float32"))
-    >>> dense.hooks.append(lambda x, y, training: 2.0 * y)
+    >>> dense.hooks.append(lambda x, y, training=None: 2.0 * y)
     >>> bool(np.allclose(dense(np.ones((2, 3), "float32")), 2 * y))
     True
     """
@@ -69,7 +69,21 @@ class HookedDense(keras.layers.Dense):
     def call(self, inputs, training=None):
         outputs = super().call(inputs)
         for hook in self.hooks:
-            outputs = hook(inputs, outputs, training)
+            outputs = hook(inputs, outputs, training=training)
+        return outputs
+
+
+class HookedLayerNorm(keras.layers.LayerNormalization):
+    """A LayerNormalization whose output methods may modify through `hooks` (BitFit's beta offsets)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        _untracked(self, "hooks", _Hooks())
+
+    def call(self, inputs):
+        outputs = super().call(inputs)
+        for hook in self.hooks:
+            outputs = hook(inputs, outputs, training=None)
         return outputs
 
 
@@ -96,7 +110,7 @@ class BertEmbeddings(keras.layers.Layer):
         self.token_type_embeddings = keras.layers.Embedding(
             type_vocab_size, hidden_size, embeddings_initializer=init, dtype=self.dtype_policy,
             name="token_type_embeddings")
-        self.layer_norm = keras.layers.LayerNormalization(
+        self.layer_norm = HookedLayerNorm(
             epsilon=layer_norm_eps, dtype=self.dtype_policy, name="layer_norm")
         self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy, name="dropout")
         _untracked(self, "hooks", _Hooks())
@@ -115,7 +129,7 @@ class BertEmbeddings(keras.layers.Layer):
              + self.token_type_embeddings(token_type_ids))
         x = self.dropout(self.layer_norm(x), training=training)
         for hook in self.hooks:
-            x, attention_mask = hook(x, attention_mask, training)
+            x, attention_mask = hook(x, attention_mask, training=training)
         return x, attention_mask
 
     def get_config(self):
@@ -170,7 +184,7 @@ class BertSelfAttention(keras.layers.Layer):
         key = self._split_heads(self.key(hidden, training=training), batch)
         value = self._split_heads(self.value(hidden, training=training), batch)
         for hook in self.kv_hooks:
-            key, value, mask_bias = hook(key, value, mask_bias, training)
+            key, value, mask_bias = hook(key, value, mask_bias, training=training)
         scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
         scores = scores * ops.cast(1.0 / (self.head_size ** 0.5), scores.dtype)
         scores = scores + ops.cast(mask_bias, scores.dtype)
@@ -219,7 +233,7 @@ class BertLayer(keras.layers.Layer):
             hidden_size, num_attention_heads, attention_dropout=attention_dropout,
             hidden_dropout=hidden_dropout, initializer_range=initializer_range,
             dtype=self.dtype_policy, name="attention")
-        self.attention_ln = keras.layers.LayerNormalization(
+        self.attention_ln = HookedLayerNorm(
             epsilon=layer_norm_eps, dtype=self.dtype_policy, name="attention_ln")
         # Linear Dense + separate GELU, so LoRA / (IA)^3 act before the non-linearity.
         self.intermediate = HookedDense(intermediate_size, kernel_initializer=init,
@@ -228,7 +242,7 @@ class BertLayer(keras.layers.Layer):
                                         dtype=self.dtype_policy, name="output")
         self.output_dropout = keras.layers.Dropout(
             hidden_dropout, dtype=self.dtype_policy, name="output_dropout")
-        self.output_ln = keras.layers.LayerNormalization(
+        self.output_ln = HookedLayerNorm(
             epsilon=layer_norm_eps, dtype=self.dtype_policy, name="output_ln")
         _untracked(self, "attention_residual", add_and_norm)
         _untracked(self, "output_residual", add_and_norm)
@@ -256,12 +270,14 @@ class BertLayer(keras.layers.Layer):
 
     def call(self, hidden, mask_bias, training=None):
         attention_output = self.attention(hidden, mask_bias, training=training)
-        hidden = self.attention_residual(attention_output, hidden, self.attention_ln, training)
+        hidden = self.attention_residual(attention_output, hidden, layer_norm=self.attention_ln,
+                                         training=training)
         intermediate = keras.activations.gelu(self.intermediate(hidden, training=training),
                                               approximate=False)
         ffn_output = self.output_dropout(self.output_dense(intermediate, training=training),
                                          training=training)
-        return self.output_residual(ffn_output, hidden, self.output_ln, training)
+        return self.output_residual(ffn_output, hidden, layer_norm=self.output_ln,
+                                    training=training)
 
     def get_config(self):
         config = super().get_config()

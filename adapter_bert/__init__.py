@@ -1,0 +1,31 @@
+"""adapter_bert: parameter-efficient fine-tuning of BERT in TensorFlow / Keras 3.
+
+Example:
+>>> from adapter_bert import AdapterBertModel, BertConfig
+>>> model = AdapterBertModel.from_config(BertConfig(hidden_size=32, num_hidden_layers=2,
+...     num_attention_heads=4, intermediate_size=64, vocab_size=100))
+>>> model.add_adapter("task", config="lora")
+"""
+
+import os as _os
+
+_os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from adapter_bert.bert.config import BertConfig  # noqa: E402
+from adapter_bert.bert.tokenizer import load_tokenizer  # noqa: E402
+from adapter_bert.configuration import AdapterConfig, ConfigUnion  # noqa: E402
+from adapter_bert.methods.bitfit import BitFitConfig  # noqa: E402
+from adapter_bert.methods.bottleneck import (BnConfig, DoubleSeqBnConfig, ParBnConfig,  # noqa: E402
+                                             SeqBnConfig)
+from adapter_bert.methods.full import FullFinetuningConfig  # noqa: E402
+from adapter_bert.methods.ia3 import IA3Config  # noqa: E402
+from adapter_bert.methods.lora import LoRAConfig  # noqa: E402
+from adapter_bert.methods.mam import MAMConfig  # noqa: E402
+from adapter_bert.methods.prefix import PrefixTuningConfig  # noqa: E402
+from adapter_bert.model import AdapterBertModel  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = ["AdapterBertModel", "BertConfig", "load_tokenizer", "AdapterConfig", "ConfigUnion",
+           "BnConfig", "SeqBnConfig", "DoubleSeqBnConfig", "ParBnConfig", "LoRAConfig", "IA3Config",
+           "PrefixTuningConfig", "MAMConfig", "BitFitConfig", "FullFinetuningConfig"]

@@ -1,0 +1,1 @@
+"""Adapter methods: one module per method family; see registry.py for the table."""

@@ -1,0 +1,123 @@
+"""What every method shares: `AdapterMethod`, one method's weights for one adapter over the encoder.
+
+A method is a config (a dataclass in its module) plus a Keras layer that owns the new weights and
+knows where they plug into the frozen base (`attach` / `detach` install and remove hooks; see
+`adapter_bert.bert.encoder`). `AdapterModule` composes the methods of one named adapter, so a
+`ConfigUnion` such as MAM (prefix tuning + parallel adapter) is simply two methods attached together.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from adapter_bert.bert.config import BertConfig
+from adapter_bert.configuration import AdapterConfig
+
+ACTIVATIONS = {
+    "relu": keras.activations.relu,
+    "gelu": lambda x: keras.activations.gelu(x, approximate=False),
+    "gelu_new": lambda x: keras.activations.gelu(x, approximate=True),
+    "swish": keras.activations.silu,
+    "silu": keras.activations.silu,
+    "tanh": keras.activations.tanh,
+    "sigmoid": keras.activations.sigmoid,
+    "leakyrelu": keras.activations.leaky_relu,
+}
+
+
+def check_activation(name: str, field: str = "non_linearity") -> None:
+    if name.lower() not in ACTIVATIONS:
+        raise ValueError(f"{field} {name!r} is not one of {sorted(ACTIVATIONS)}")
+
+
+def check_leave_out(leave_out) -> None:
+    if not isinstance(leave_out, (list, tuple)) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in leave_out):
+        raise ValueError(f"leave_out must be a list of layer indices, got {leave_out!r}")
+
+
+def named_variables(layer: keras.layers.Layer, prefix: str = "") -> dict[str, keras.Variable]:
+    """Variables of `layer` keyed by a stable dotted path of sublayer names (`layer_0.down.kernel`).
+
+    Keras' own `variable.path` depends on where and when a layer was built; these names depend only
+    on the adapter's structure, so saved files load into any model with the same config.
+    """
+    out = {}
+    for variable in list(layer._trainable_variables) + list(layer._non_trainable_variables):
+        out[prefix + variable.name] = variable
+    for child in layer._layers:
+        for key, variable in named_variables(child, prefix + child.name + ".").items():
+            if key in out:
+                raise RuntimeError(f"two adapter weights share the name {key}")
+            out[key] = variable
+    return out
+
+
+class AdapterMethod(keras.layers.Layer):
+    """Base class: the weights of one method for one adapter, and how they hook into the encoder.
+
+    Subclasses create their sublayers in `__init__` (built eagerly, so weights exist before the
+    first call) and implement `attach` / `detach`. Methods that can fold themselves into the base
+    weights (LoRA, (IA)^3) implement `merge` / `reset`.
+    """
+
+    #: True for full fine-tuning: the base's own weights are what this method trains.
+    trains_base: bool = False
+    #: True when `merge` / `reset` are implemented.
+    mergeable: bool = False
+
+    def __init__(self, config: AdapterConfig, bert_config: BertConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.bert_config = bert_config
+        self.merged = False
+
+    def layer_indices(self) -> list[int]:
+        """The encoder layers this method acts on (all but `leave_out`)."""
+        leave_out = set(getattr(self.config, "leave_out", ()) or ())
+        return [i for i in range(self.bert_config.num_hidden_layers) if i not in leave_out]
+
+    def attach(self, encoder) -> None:
+        raise NotImplementedError
+
+    def detach(self, encoder) -> None:
+        raise NotImplementedError
+
+    def merge(self, encoder) -> None:
+        raise TypeError(f"{type(self).__name__} cannot be merged into the base weights "
+                        "(only LoRA and (IA)^3 can)")
+
+    def reset(self, encoder) -> None:
+        raise TypeError(f"{type(self).__name__} has nothing merged to reset")
+
+    def base_variables(self, encoder) -> list:
+        """Base weights this method trains (full fine-tuning); adapters train none."""
+        return []
+
+    def named_variables(self) -> dict[str, keras.Variable]:
+        return named_variables(self)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(adapter_config=self.config.config_dict(), bert_config=self.bert_config.to_dict())
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        adapter_config = AdapterConfig.load(config.pop("adapter_config"))
+        bert_config = BertConfig.from_dict(config.pop("bert_config"))
+        return cls(adapter_config, bert_config, **config)
+
+
+def install_hook(hook_list, hook) -> None:
+    if any(h is hook for h in hook_list):
+        raise RuntimeError(f"{hook.name if hasattr(hook, 'name') else hook} is attached already")
+    hook_list.append(hook)
+
+
+def remove_hook(hook_list, hook) -> None:
+    for i, h in enumerate(hook_list):
+        if h is hook:
+            del hook_list[i]
+            return

@@ -1,0 +1,332 @@
+"""Bottleneck adapters: Houlsby (`double_seq_bn`), Pfeiffer (`seq_bn`) and parallel (`par_bn`).
+
+An adapter projects a sublayer's output down to `hidden_size // reduction_factor`, applies a
+non-linearity, projects back up and adds a residual (Houlsby et al. 2019, section 2.1). It replaces
+the "add and LayerNorm" after a sublayer, i.e. it sits after the output projection and dropout and
+before the residual add (`BertLayer.attention_residual` / `output_residual`). The placement options
+(`original_ln_before`, `residual_before_ln`, ...) have the meaning of the adapters library's
+`BnConfig`, so a config trained there describes the same computation here.
+
+`task_layer_norm=True` gives the adapter its own copies of the LayerNorms it passes through,
+initialised from the pretrained ones: Houlsby et al. train "new layer normalization parameters per
+task" while the base's stay frozen and shared.
+
+Example:
+>>> from adapter_bert import AdapterBertModel
+>>> from adapter_bert.testing import tiny_bert_config, random_inputs
+>>> model = AdapterBertModel.from_config(tiny_bert_config())
+>>> model.add_adapter("a", config="double_seq_bn[reduction_factor=4, init_weights='mam_adapter']")
+>>> model.set_active_adapters("a")
+>>> out = model.bert(random_inputs())   # equals the base output: the up-projection starts at zero
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Union
+
+import keras
+from keras import ops
+
+from adapter_bert.configuration import AdapterConfig
+from adapter_bert.methods.base import (ACTIVATIONS, AdapterMethod, check_activation,
+                                       check_leave_out)
+
+INIT_WEIGHTS = ("bert", "houlsby", "mam_adapter")
+
+
+@dataclasses.dataclass(eq=True)
+class BnConfig(AdapterConfig):
+    """A bottleneck adapter; field names and meanings follow the adapters library.
+
+    Args:
+        mh_adapter: adapter after the multi-head attention sublayer.
+        output_adapter: adapter after the feed-forward sublayer.
+        reduction_factor: hidden_size / bottleneck size; a number, or a dict of layer index
+            (as a string) to number with a `"default"` entry.
+        non_linearity: relu, gelu (exact erf), gelu_new, swish / silu, tanh, sigmoid, leakyrelu.
+        original_ln_before: add the sublayer residual and apply the layer's LayerNorm before the
+            adapter (Pfeiffer).
+        original_ln_after: add the sublayer residual and apply the layer's LayerNorm after it.
+        ln_before / ln_after: a new LayerNorm at the adapter's input / output.
+        init_weights: "bert" (normal, std 0.02), "houlsby" (truncated normal, std 1e-2) or
+            "mam_adapter" (up-projection zero: the adapter starts as an exact identity).
+        is_parallel: feed the adapter the sublayer's input and add it to the sublayer's output.
+        scaling: a float multiplying the adapter output, "learned" (a trained scalar) or
+            "channel" (a trained vector).
+        residual_before_ln: take the adapter's residual before the LayerNorm (True), after it
+            (False) or after the residual add ("post_add").
+        adapter_residual_before_ln: add the residual before `ln_after`.
+        leave_out: layer indices without adapters.
+        dropout: dropout on the adapter output.
+        task_layer_norm: own, trained copies of the layer's LayerNorms (Houlsby et al.).
+        use_gating: UniPELT gating (parsed for compatibility; not implemented).
+    """
+
+    mh_adapter: bool = False
+    output_adapter: bool = True
+    reduction_factor: Union[float, dict] = 16
+    non_linearity: str = "relu"
+    original_ln_before: bool = False
+    original_ln_after: bool = True
+    ln_before: bool = False
+    ln_after: bool = False
+    init_weights: str = "bert"
+    is_parallel: bool = False
+    scaling: Union[float, str] = 1.0
+    use_gating: bool = False
+    residual_before_ln: Union[bool, str] = True
+    adapter_residual_before_ln: bool = False
+    leave_out: list = dataclasses.field(default_factory=list)
+    dropout: float = 0.0
+    task_layer_norm: bool = False
+
+    architecture = "bottleneck"
+
+    def validate(self):
+        check_activation(self.non_linearity)
+        check_leave_out(self.leave_out)
+        if self.init_weights not in INIT_WEIGHTS:
+            raise ValueError(f"init_weights {self.init_weights!r} is not one of {INIT_WEIGHTS}")
+        factors = (self.reduction_factor.values() if isinstance(self.reduction_factor, dict)
+                   else [self.reduction_factor])
+        for factor in factors:
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
+                raise ValueError(f"reduction_factor must be positive, got {self.reduction_factor!r}")
+        if not (isinstance(self.scaling, (int, float)) or self.scaling in ("learned", "channel")):
+            raise ValueError(f"scaling must be a number, 'learned' or 'channel', got {self.scaling!r}")
+        if self.residual_before_ln not in (True, False, "post_add"):
+            raise ValueError(f"residual_before_ln must be True, False or 'post_add', got "
+                             f"{self.residual_before_ln!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not (self.mh_adapter or self.output_adapter):
+            raise ValueError("a bottleneck adapter needs mh_adapter or output_adapter")
+
+    def bottleneck_size(self, layer: int, hidden_size: int) -> int:
+        factor = self.reduction_factor
+        if isinstance(factor, dict):
+            if str(layer) in factor:
+                factor = factor[str(layer)]
+            elif "default" in factor:
+                factor = factor["default"]
+            else:
+                raise ValueError(f"reduction_factor has no entry for layer {layer} and no 'default'")
+        return max(1, int(hidden_size // factor))
+
+
+@dataclasses.dataclass(eq=True)
+class SeqBnConfig(BnConfig):
+    """`seq_bn`: Pfeiffer et al. (2020), one adapter after the feed-forward sublayer."""
+
+    original_ln_before: bool = True
+    original_ln_after: bool = True
+    residual_before_ln: Union[bool, str] = True
+    adapter_residual_before_ln: bool = False
+    ln_before: bool = False
+    ln_after: bool = False
+    mh_adapter: bool = False
+    output_adapter: bool = True
+    non_linearity: str = "relu"
+    reduction_factor: Union[float, dict] = 16
+
+
+@dataclasses.dataclass(eq=True)
+class DoubleSeqBnConfig(BnConfig):
+    """`double_seq_bn`: Houlsby et al. (2019), adapters after attention and after the feed-forward."""
+
+    original_ln_before: bool = False
+    original_ln_after: bool = True
+    residual_before_ln: Union[bool, str] = True
+    adapter_residual_before_ln: bool = False
+    ln_before: bool = False
+    ln_after: bool = False
+    mh_adapter: bool = True
+    output_adapter: bool = True
+    non_linearity: str = "swish"
+    reduction_factor: Union[float, dict] = 16
+
+
+@dataclasses.dataclass(eq=True)
+class ParBnConfig(BnConfig):
+    """`par_bn`: He et al. (2021), an adapter in parallel to the feed-forward sublayer."""
+
+    original_ln_before: bool = False
+    original_ln_after: bool = True
+    ln_before: bool = False
+    ln_after: bool = False
+    mh_adapter: bool = False
+    output_adapter: bool = True
+    non_linearity: str = "relu"
+    reduction_factor: Union[float, dict] = 2
+    init_weights: str = "mam_adapter"
+    is_parallel: bool = True
+    scaling: Union[float, str] = 4.0
+
+
+def _kernel_initializers(init_weights: str, fan_in: int):
+    if init_weights == "bert":
+        normal = keras.initializers.RandomNormal(stddev=0.02)
+        return normal, normal
+    if init_weights == "houlsby":
+        # Houlsby et al.: "zero-mean Gaussian with standard deviation 1e-2, truncated to two std".
+        trunc = keras.initializers.TruncatedNormal(stddev=1e-2)
+        return trunc, trunc
+    # mam_adapter: PyTorch's default Linear init for the down-projection, zeros for the up one.
+    bound = 1.0 / fan_in ** 0.5
+    return keras.initializers.RandomUniform(-bound, bound), keras.initializers.Zeros()
+
+
+class BottleneckAdapter(keras.layers.Layer):
+    """One bottleneck adapter at one location: the replacement for a sublayer's add-and-LayerNorm.
+
+    Called as `adapter(sublayer_output, sublayer_input, layer_norm, training)` by `BertLayer`.
+
+    Args:
+        hidden_size: width of the residual stream.
+        bottleneck_size: width of the down-projection.
+        config: the `BnConfig` that decides placement, init and scaling.
+        layer_norm_eps: epsilon of the task LayerNorm copies (the base's own epsilon).
+    """
+
+    def __init__(self, hidden_size: int, bottleneck_size: int, config: BnConfig,
+                 layer_norm_eps: float = 1e-12, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_size = hidden_size
+        self.bottleneck_size = bottleneck_size
+        self.adapter_config = config
+        self.layer_norm_eps = layer_norm_eps
+        self.activation = ACTIVATIONS[config.non_linearity.lower()]
+        down_init, up_init = _kernel_initializers(config.init_weights, hidden_size)
+        self.adapter_norm_before = (keras.layers.LayerNormalization(
+            epsilon=1e-5, dtype=self.dtype_policy, name="adapter_norm_before")
+            if config.ln_before else None)
+        self.down = keras.layers.Dense(bottleneck_size, kernel_initializer=down_init,
+                                       dtype=self.dtype_policy, name="down")
+        self.up = keras.layers.Dense(hidden_size, kernel_initializer=up_init,
+                                     dtype=self.dtype_policy, name="up")
+        self.adapter_norm_after = (keras.layers.LayerNormalization(
+            epsilon=1e-5, dtype=self.dtype_policy, name="adapter_norm_after")
+            if config.ln_after else None)
+        self.task_layer_norm = (keras.layers.LayerNormalization(
+            epsilon=layer_norm_eps, dtype=self.dtype_policy, name="task_layer_norm")
+            if config.task_layer_norm else None)
+        self.dropout = keras.layers.Dropout(config.dropout, dtype=self.dtype_policy, name="dropout")
+        self.build((None, None, hidden_size))
+
+    def build(self, input_shape):
+        for norm in (self.adapter_norm_before, self.adapter_norm_after, self.task_layer_norm):
+            if norm is not None:
+                norm.build(input_shape)
+        self.down.build(input_shape)
+        self.up.build(tuple(input_shape[:-1]) + (self.bottleneck_size,))
+        scaling = self.adapter_config.scaling
+        if scaling == "learned":
+            self.scale = self.add_weight(shape=(1,), initializer="ones", name="scaling")
+        elif scaling == "channel":
+            self.scale = self.add_weight(shape=(self.hidden_size,), initializer="ones", name="scaling")
+        else:
+            self.scale = None
+        self.built = True
+
+    def init_task_layer_norm(self, base_norm: keras.layers.LayerNormalization) -> None:
+        """Copies the pretrained LayerNorm into this adapter's own trained copy."""
+        if self.task_layer_norm is not None:
+            self.task_layer_norm.gamma.assign(base_norm.gamma)
+            self.task_layer_norm.beta.assign(base_norm.beta)
+
+    def _bottleneck(self, x, training):
+        if self.adapter_norm_before is not None:
+            x = self.adapter_norm_before(x)
+        up = self.up(self.activation(self.down(x)))
+        scaling = self.adapter_config.scaling
+        up = up * (ops.cast(self.scale, up.dtype) if self.scale is not None else scaling)
+        return self.dropout(up, training=training)
+
+    def call(self, sublayer_output, sublayer_input, layer_norm, training=None):
+        cfg = self.adapter_config
+        norm = self.task_layer_norm if self.task_layer_norm is not None else layer_norm
+        if cfg.is_parallel:
+            out = self._bottleneck(sublayer_input, training)
+            if self.adapter_norm_after is not None:
+                out = self.adapter_norm_after(out)
+            hidden = out + sublayer_output
+            return norm(hidden + sublayer_input) if cfg.original_ln_after else hidden
+
+        hidden, residual = sublayer_output, None
+        if cfg.residual_before_ln is True:
+            residual = hidden
+        if cfg.original_ln_before:
+            hidden = hidden + sublayer_input
+            if cfg.residual_before_ln == "post_add":
+                residual = hidden
+            hidden = norm(hidden)
+        if cfg.residual_before_ln is False or residual is None:
+            residual = hidden
+        out = self._bottleneck(hidden, training)
+        if cfg.adapter_residual_before_ln:
+            out = out + residual
+        if self.adapter_norm_after is not None:
+            out = self.adapter_norm_after(out)
+        if not cfg.adapter_residual_before_ln:
+            out = out + residual
+        return norm(out + sublayer_input) if cfg.original_ln_after else out
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(hidden_size=self.hidden_size, bottleneck_size=self.bottleneck_size,
+                      config=self.adapter_config.config_dict(), layer_norm_eps=self.layer_norm_eps)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["config"] = AdapterConfig.load(config["config"])
+        return cls(**config)
+
+
+_LOCATIONS = {"mh_adapter": ("attention_residual", "attention_ln"),
+              "output_adapter": ("output_residual", "output_ln")}
+
+
+class BottleneckMethod(AdapterMethod):
+    """All `BottleneckAdapter`s of one adapter: per layer, one at each configured location."""
+
+    def __init__(self, config: BnConfig, bert_config, **kwargs):
+        super().__init__(config, bert_config, **kwargs)
+        if config.use_gating:
+            raise NotImplementedError("use_gating (UniPELT gates) is not implemented yet")
+        self.placements = []  # (layer index, residual attribute, base LayerNorm attribute)
+        self.adapters = []
+        for i in self.layer_indices():
+            size = config.bottleneck_size(i, bert_config.hidden_size)
+            for flag, (residual_attr, norm_attr) in _LOCATIONS.items():
+                if getattr(config, flag):
+                    self.adapters.append(BottleneckAdapter(
+                        bert_config.hidden_size, size, config,
+                        layer_norm_eps=bert_config.layer_norm_eps, dtype=self.dtype_policy,
+                        name=f"layer_{i}_{flag}"))
+                    self.placements.append((i, residual_attr, norm_attr))
+        self.built = True
+
+    def init_from_base(self, encoder) -> None:
+        """Initialises the task LayerNorm copies from the pretrained LayerNorms."""
+        for adapter, (i, _, norm_attr) in zip(self.adapters, self.placements):
+            adapter.init_task_layer_norm(getattr(encoder.layers[i], norm_attr))
+
+    def attach(self, encoder) -> None:
+        from adapter_bert.bert.encoder import add_and_norm
+
+        for adapter, (i, residual_attr, _) in zip(self.adapters, self.placements):
+            layer = encoder.layers[i]
+            if getattr(layer, residual_attr) is not add_and_norm:
+                raise ValueError(f"layer {i} already has an active bottleneck adapter at "
+                                 f"{residual_attr}; activate one bottleneck adapter per location")
+            object.__setattr__(layer, residual_attr, adapter)
+
+    def detach(self, encoder) -> None:
+        from adapter_bert.bert.encoder import add_and_norm
+
+        for adapter, (i, residual_attr, _) in zip(self.adapters, self.placements):
+            if getattr(encoder.layers[i], residual_attr) is adapter:
+                object.__setattr__(encoder.layers[i], residual_attr, add_and_norm)

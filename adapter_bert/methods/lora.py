@@ -1,0 +1,208 @@
+"""LoRA (Hu et al. 2021): a trained low-rank update `scaling * B A` beside a frozen Dense layer.
+
+`LoRADense` hooks a `HookedDense` of the base: `y = W x + b + (alpha / r) * B(A(dropout(x)))`. `B`
+starts at zero, so the model is unchanged at initialisation. `merge` folds the update into the
+Dense kernel for inference at no extra cost; `reset` restores the exact pretrained kernel (a copy is
+kept while merged, so reset is bit-exact rather than a subtraction with rounding).
+
+Targets follow the adapters library's `LoRAConfig`: `selfattn_lora` with `attn_matrices` (q, k, v),
+`intermediate_lora` (the FFN's first Dense) and `output_lora` (the FFN's second Dense).
+
+Example:
+>>> from adapter_bert import AdapterBertModel
+>>> from adapter_bert.testing import tiny_bert_config
+>>> model = AdapterBertModel.from_config(tiny_bert_config())
+>>> model.add_adapter("lora1", config="lora[r=4, alpha=8]")
+>>> model.merge_adapter("lora1"); model.reset_adapter("lora1")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+from keras import ops
+
+from adapter_bert.configuration import AdapterConfig
+from adapter_bert.methods.base import AdapterMethod, check_leave_out, install_hook, remove_hook
+
+_ATTN_TARGETS = {"q": "attention.query", "k": "attention.key", "v": "attention.value"}
+
+
+@dataclasses.dataclass(eq=True)
+class LoRAConfig(AdapterConfig):
+    """LoRA; field names and defaults follow the adapters library.
+
+    Args:
+        selfattn_lora: adapt the attention projections named in `attn_matrices`.
+        intermediate_lora: adapt the FFN's first Dense (hidden -> intermediate).
+        output_lora: adapt the FFN's second Dense (intermediate -> hidden).
+        leave_out: layer indices left unadapted.
+        r: rank of the update.
+        alpha: the update is scaled by alpha / r.
+        dropout: dropout on the LoRA input.
+        attn_matrices: any of "q", "k", "v".
+        composition_mode: "add" (LoRA) or "scale" ((IA)^3, see `IA3Config`).
+        init_weights: "lora" (A uniform like PyTorch's Linear, B zero), "bert" (both normal with
+            std 0.02) or "ia3" (scaling vectors of ones).
+        use_gating: UniPELT gating (parsed for compatibility; not implemented).
+    """
+
+    selfattn_lora: bool = True
+    intermediate_lora: bool = False
+    output_lora: bool = False
+    leave_out: list = dataclasses.field(default_factory=list)
+    r: int = 8
+    alpha: int = 8
+    dropout: float = 0.0
+    attn_matrices: list = dataclasses.field(default_factory=lambda: ["q", "v"])
+    composition_mode: str = "add"
+    init_weights: str = "lora"
+    use_gating: bool = False
+
+    architecture = "lora"
+
+    def validate(self):
+        check_leave_out(self.leave_out)
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise ValueError(f"r must be a positive integer, got {self.r!r}")
+        if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
+            raise ValueError(f"alpha must be positive, got {self.alpha!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        bad = [m for m in self.attn_matrices if m not in _ATTN_TARGETS]
+        if bad or not isinstance(self.attn_matrices, (list, tuple)):
+            raise ValueError(f"attn_matrices must be a list of 'q', 'k', 'v', got {self.attn_matrices!r}")
+        if self.composition_mode not in ("add", "scale"):
+            raise ValueError(f"composition_mode must be 'add' or 'scale', got {self.composition_mode!r}")
+        if self.init_weights not in ("lora", "bert", "ia3"):
+            raise ValueError(f"init_weights must be 'lora', 'bert' or 'ia3', got {self.init_weights!r}")
+        if not (self.selfattn_lora or self.intermediate_lora or self.output_lora):
+            raise ValueError("enable at least one of selfattn_lora, intermediate_lora, output_lora")
+
+    def hook_points(self) -> list[str]:
+        """The Dense hook points of each adapted layer, in a fixed order."""
+        points = [_ATTN_TARGETS[m] for m in ("q", "k", "v") if m in self.attn_matrices] \
+            if self.selfattn_lora else []
+        if self.intermediate_lora:
+            points.append("intermediate")
+        if self.output_lora:
+            points.append("output")
+        return points
+
+
+class LoRADense(keras.layers.Layer):
+    """The low-rank update of one Dense layer: `hook(x, y) = y + scaling * B(A(dropout(x)))`.
+
+    Args:
+        input_dim / output_dim: the wrapped Dense layer's sizes.
+        r: rank; alpha: the update is scaled by alpha / r.
+        dropout: dropout rate on `x`.
+        init_weights: "lora" or "bert" (see `LoRAConfig`).
+    """
+
+    def __init__(self, input_dim: int, output_dim: int, r: int = 8, alpha: float = 8,
+                 dropout: float = 0.0, init_weights: str = "lora", **kwargs):
+        super().__init__(**kwargs)
+        self.input_dim, self.output_dim = input_dim, output_dim
+        self.r, self.alpha, self.dropout_rate = r, alpha, dropout
+        self.init_weights = init_weights
+        self.scaling = alpha / r
+        self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy, name="dropout")
+        self._backup = None
+        self.build(None)
+
+    def build(self, input_shape):
+        if self.init_weights == "bert":
+            a_init = b_init = keras.initializers.RandomNormal(stddev=0.02)
+        else:
+            # PyTorch's default Linear init for A (kaiming uniform, a=sqrt(5)): U(+-1/sqrt(fan_in)).
+            bound = 1.0 / self.input_dim ** 0.5
+            a_init, b_init = keras.initializers.RandomUniform(-bound, bound), "zeros"
+        self.lora_A = self.add_weight(shape=(self.input_dim, self.r), initializer=a_init, name="lora_A")
+        self.lora_B = self.add_weight(shape=(self.r, self.output_dim), initializer=b_init, name="lora_B")
+        self.built = True
+
+    def call(self, x, y, training=None):
+        x = self.dropout(x, training=training)
+        update = ops.matmul(ops.matmul(x, ops.cast(self.lora_A, x.dtype)), ops.cast(self.lora_B, x.dtype))
+        return y + ops.cast(self.scaling, y.dtype) * update
+
+    def delta(self) -> np.ndarray:
+        return self.scaling * (np.asarray(self.lora_A.numpy(), np.float64)
+                               @ np.asarray(self.lora_B.numpy(), np.float64))
+
+    def merge_into(self, dense) -> None:
+        self._backup = dense.kernel.numpy().copy()
+        dense.kernel.assign((self._backup.astype(np.float64) + self.delta()).astype(self._backup.dtype))
+
+    def reset(self, dense) -> None:
+        dense.kernel.assign(self._backup)
+        self._backup = None
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(input_dim=self.input_dim, output_dim=self.output_dim, r=self.r,
+                      alpha=self.alpha, dropout=self.dropout_rate, init_weights=self.init_weights)
+        return config
+
+
+class DenseHookMethod(AdapterMethod):
+    """A method made of one hook layer per adapted Dense (LoRA's `LoRADense`, (IA)^3's `IA3Scale`)."""
+
+    mergeable = True
+
+    def __init__(self, config: LoRAConfig, bert_config, **kwargs):
+        super().__init__(config, bert_config, **kwargs)
+        if config.use_gating:
+            raise NotImplementedError("use_gating (UniPELT gates) is not implemented yet")
+        sizes = {"attention.query": (bert_config.hidden_size,) * 2,
+                 "attention.key": (bert_config.hidden_size,) * 2,
+                 "attention.value": (bert_config.hidden_size,) * 2,
+                 "intermediate": (bert_config.hidden_size, bert_config.intermediate_size),
+                 "output": (bert_config.intermediate_size, bert_config.hidden_size)}
+        self.placements, self.hooks = [], []
+        for i in self.layer_indices():
+            for point in config.hook_points():
+                name = f"layer_{i}_{point.replace('.', '_')}"
+                self.hooks.append(self.make_hook(*sizes[point], name=name))
+                self.placements.append((i, point))
+        self.built = True
+
+    def make_hook(self, input_dim: int, output_dim: int, name: str) -> keras.layers.Layer:
+        cfg = self.config
+        return LoRADense(input_dim, output_dim, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
+                         init_weights=cfg.init_weights, dtype=self.dtype_policy, name=name)
+
+    def _targets(self, encoder):
+        for hook, (i, point) in zip(self.hooks, self.placements):
+            yield hook, encoder.layers[i].sublayer(point)
+
+    def attach(self, encoder) -> None:
+        if self.merged:
+            return  # already inside the base weights
+        for hook, dense in self._targets(encoder):
+            install_hook(dense.hooks, hook)
+
+    def detach(self, encoder) -> None:
+        for hook, dense in self._targets(encoder):
+            remove_hook(dense.hooks, hook)
+
+    def merge(self, encoder) -> None:
+        if self.merged:
+            raise ValueError(f"adapter {self.name} is merged already")
+        self.detach(encoder)
+        for hook, dense in self._targets(encoder):
+            hook.merge_into(dense)
+        self.merged = True
+
+    def reset(self, encoder) -> None:
+        if not self.merged:
+            raise ValueError(f"adapter {self.name} is not merged")
+        for hook, dense in self._targets(encoder):
+            hook.reset(dense)
+        self.merged = False
+
+
+LoRAMethod = DenseHookMethod

@@ -1,0 +1,34 @@
+"""Mix-and-Match adapters (He et al. 2021): prefix tuning (bottleneck 800) plus a parallel adapter.
+
+A `ConfigUnion`, as in the adapters library; both parts are the methods of `prefix.py` and
+`bottleneck.py` attached together.
+
+Example:
+>>> [type(c).__name__ for c in MAMConfig()]
+['PrefixTuningConfig', 'ParBnConfig']
+>>> MAMConfig().prefix_tuning.bottleneck_size
+800
+"""
+
+from __future__ import annotations
+
+from adapter_bert.configuration import ConfigUnion
+from adapter_bert.methods.bottleneck import ParBnConfig
+from adapter_bert.methods.prefix import PrefixTuningConfig
+
+
+class MAMConfig(ConfigUnion):
+    """`mam`: `PrefixTuningConfig(bottleneck_size=800)` + `ParBnConfig()` unless given."""
+
+    def __init__(self, prefix_tuning: PrefixTuningConfig | None = None,
+                 adapter: ParBnConfig | None = None):
+        super().__init__(prefix_tuning or PrefixTuningConfig(bottleneck_size=800),
+                         adapter or ParBnConfig())
+
+    @property
+    def prefix_tuning(self) -> PrefixTuningConfig:
+        return self.configs[0]
+
+    @property
+    def adapter(self) -> ParBnConfig:
+        return self.configs[1]

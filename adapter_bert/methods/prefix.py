@@ -1,0 +1,215 @@
+"""Prefix tuning (Li & Liang 2021): trained key/value vectors prepended in every attention layer.
+
+The prefixes are reparameterised as in the paper and the adapters library: a table of
+`prefix_length` embeddings goes through `Dense(bottleneck_size) -> tanh -> Dense(n_layers * 2 *
+hidden)`, whose output is split per layer into keys and values. With `flat=True` the prefixes are
+trained directly. `eject` evaluates the reparameterisation once and keeps only its result, a flat
+prefix with the same outputs (552,960 values for bert-base instead of 9.9M parameters).
+
+`PrefixTuningPool` owns the weights; `PrefixAttention` is its view for one layer, the hook that
+`BertSelfAttention` calls with the per-head keys, values and additive mask.
+
+Example:
+>>> from adapter_bert import AdapterBertModel
+>>> from adapter_bert.testing import tiny_bert_config, random_inputs
+>>> model = AdapterBertModel.from_config(tiny_bert_config())
+>>> model.add_adapter("prefix", config="prefix_tuning[prefix_length=5, bottleneck_size=16]")
+>>> model.set_active_adapters("prefix")
+>>> before = model.bert(random_inputs())["pooled_output"]
+>>> model.eject_prefix_tuning("prefix")   # same outputs, flat prefix only
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+from keras import ops
+
+from adapter_bert.configuration import AdapterConfig
+from adapter_bert.methods.base import (ACTIVATIONS, AdapterMethod, check_activation,
+                                       check_leave_out, install_hook, remove_hook)
+
+
+@dataclasses.dataclass(eq=True)
+class PrefixTuningConfig(AdapterConfig):
+    """Prefix tuning; field names and defaults follow the adapters library.
+
+    Args:
+        encoder_prefix / cross_prefix: where prefixes go in encoder-decoder models; BERT has only
+            self-attention, so `encoder_prefix` must stay True and `cross_prefix` is unused.
+        leave_out: layer indices without prefixes.
+        flat: train the prefixes directly instead of through the bottleneck MLP.
+        prefix_length: number of prefix positions.
+        bottleneck_size: width of the reparameterising MLP.
+        non_linearity: activation of the MLP.
+        dropout: dropout on the prefixes during training.
+        use_gating / shared_gating: UniPELT gating (parsed for compatibility; not implemented).
+    """
+
+    encoder_prefix: bool = True
+    cross_prefix: bool = True
+    leave_out: list = dataclasses.field(default_factory=list)
+    flat: bool = False
+    prefix_length: int = 30
+    bottleneck_size: int = 512
+    non_linearity: str = "tanh"
+    dropout: float = 0.0
+    use_gating: bool = False
+    shared_gating: bool = True
+
+    architecture = "prefix_tuning"
+
+    def validate(self):
+        check_leave_out(self.leave_out)
+        check_activation(self.non_linearity)
+        for name in ("prefix_length", "bottleneck_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+
+class PrefixTuningPool(keras.layers.Layer):
+    """The prefix parameters of one adapter for all its layers.
+
+    Args:
+        prefix_length: number of prefix positions.
+        num_layers: number of layers that receive a prefix.
+        num_heads / head_size: attention geometry of the base.
+        flat: parameters are the prefixes themselves; otherwise an embedding table and an MLP.
+        bottleneck_size / non_linearity: the MLP (ignored when flat).
+        dropout: dropout on the prefixes during training.
+    """
+
+    def __init__(self, prefix_length: int, num_layers: int, num_heads: int, head_size: int,
+                 flat: bool = False, bottleneck_size: int = 512, non_linearity: str = "tanh",
+                 dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.prefix_length, self.num_layers = prefix_length, num_layers
+        self.num_heads, self.head_size = num_heads, head_size
+        self.hidden_size = num_heads * head_size
+        self.flat, self.bottleneck_size = flat, bottleneck_size
+        self.non_linearity, self.dropout_rate = non_linearity, dropout
+        self.activation = ACTIVATIONS[non_linearity.lower()]
+        self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy, name="dropout")
+        out_dim = num_layers * 2 * self.hidden_size
+        if not flat:
+            # PyTorch defaults, as the adapters library leaves them: N(0, 1) embeddings, uniform Linear.
+            self.wte = keras.layers.Embedding(prefix_length, self.hidden_size,
+                                              embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
+                                              dtype=self.dtype_policy, name="wte")
+            self.control_trans_0 = self._linear(bottleneck_size, self.hidden_size, "control_trans_0")
+            self.control_trans_2 = self._linear(out_dim, bottleneck_size, "control_trans_2")
+        self.build(None)
+
+    def _linear(self, units, fan_in, name):
+        bound = 1.0 / fan_in ** 0.5
+        init = keras.initializers.RandomUniform(-bound, bound)
+        return keras.layers.Dense(units, kernel_initializer=init, bias_initializer=init,
+                                  dtype=self.dtype_policy, name=name)
+
+    def build(self, input_shape):
+        out_dim = self.num_layers * 2 * self.hidden_size
+        if self.flat:
+            self.control_trans = self.add_weight(
+                shape=(self.prefix_length, out_dim),
+                initializer=keras.initializers.RandomNormal(stddev=1.0), name="control_trans")
+        else:
+            self.wte.build((None,))
+            self.control_trans_0.build((None, self.hidden_size))
+            self.control_trans_2.build((None, self.bottleneck_size))
+        self.built = True
+
+    def layer_prefix(self, slot: int, training=None):
+        """Keys and values of the `slot`-th prefixed layer, each `[heads, prefix_length, head_size]`."""
+        width = 2 * self.hidden_size
+        if self.flat:
+            values = self.control_trans[:, slot * width:(slot + 1) * width]
+        else:
+            hidden = self.activation(self.control_trans_0(self.wte.embeddings))
+            dense = self.control_trans_2
+            # Only this layer's columns of the last projection: the same numbers as the whole
+            # output sliced, without computing every layer's prefix in every layer.
+            kernel = dense.kernel[:, slot * width:(slot + 1) * width]
+            bias = dense.bias[slot * width:(slot + 1) * width]
+            values = ops.matmul(hidden, ops.cast(kernel, hidden.dtype)) + ops.cast(bias, hidden.dtype)
+        values = self.dropout(values, training=training)
+        values = ops.reshape(values, (self.prefix_length, 2, self.num_heads, self.head_size))
+        values = ops.transpose(values, (1, 2, 0, 3))  # [2, heads, prefix, head_size]
+        return values[0], values[1]
+
+    def all_prefixes(self) -> np.ndarray:
+        """The prefixes of every layer, `[prefix_length, num_layers * 2 * hidden]`, as computed at inference."""
+        if self.flat:
+            return self.control_trans.numpy()
+        hidden = self.activation(self.control_trans_0(self.wte.embeddings))
+        return ops.convert_to_numpy(self.control_trans_2(hidden))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(prefix_length=self.prefix_length, num_layers=self.num_layers,
+                      num_heads=self.num_heads, head_size=self.head_size, flat=self.flat,
+                      bottleneck_size=self.bottleneck_size, non_linearity=self.non_linearity,
+                      dropout=self.dropout_rate)
+        return config
+
+
+class PrefixAttention:
+    """The hook of one attention layer: prepends its prefix to keys and values.
+
+    It holds no weights of its own (they live in the pool), so it is a plain callable rather than
+    a Keras layer; `BertSelfAttention.kv_hooks` calls it.
+    """
+
+    def __init__(self, pool: PrefixTuningPool, slot: int):
+        self.pool, self.slot = pool, slot
+
+    def __call__(self, key, value, mask_bias, training=None):
+        prefix_key, prefix_value = self.pool.layer_prefix(self.slot, training=training)
+        batch = ops.shape(key)[0]
+        shape = (batch,) + tuple(prefix_key.shape)
+        key = ops.concatenate([ops.broadcast_to(ops.cast(prefix_key, key.dtype)[None], shape), key], axis=2)
+        value = ops.concatenate(
+            [ops.broadcast_to(ops.cast(prefix_value, value.dtype)[None], shape), value], axis=2)
+        # Prefix positions are always attended: additive bias 0.
+        mask_bias = ops.concatenate(
+            [ops.zeros((ops.shape(mask_bias)[0], 1, 1, self.pool.prefix_length), mask_bias.dtype),
+             mask_bias], axis=-1)
+        return key, value, mask_bias
+
+
+class PrefixTuningMethod(AdapterMethod):
+    """Prefix tuning for one adapter: a pool and one `PrefixAttention` hook per prefixed layer."""
+
+    def __init__(self, config: PrefixTuningConfig, bert_config, **kwargs):
+        super().__init__(config, bert_config, **kwargs)
+        if config.use_gating:
+            raise NotImplementedError("use_gating (UniPELT gates) is not implemented yet")
+        if not config.encoder_prefix:
+            raise ValueError("BERT has only encoder self-attention; encoder_prefix must be True")
+        layers = self.layer_indices()
+        self.pool = PrefixTuningPool(
+            config.prefix_length, len(layers), bert_config.num_attention_heads, bert_config.head_size,
+            flat=config.flat, bottleneck_size=config.bottleneck_size,
+            non_linearity=config.non_linearity, dropout=config.dropout, dtype=self.dtype_policy,
+            name="pool")
+        self.hooks = [(i, PrefixAttention(self.pool, slot)) for slot, i in enumerate(layers)]
+        self.built = True
+
+    def attach(self, encoder) -> None:
+        for i, hook in self.hooks:
+            install_hook(encoder.layers[i].attention.kv_hooks, hook)
+
+    def detach(self, encoder) -> None:
+        for i, hook in self.hooks:
+            remove_hook(encoder.layers[i].attention.kv_hooks, hook)
+
+    def ejected(self) -> "PrefixTuningMethod":
+        """A flat method with this one's prefixes evaluated once (identical outputs)."""
+        flat = PrefixTuningMethod(self.config.replace(flat=True), self.bert_config,
+                                  dtype=self.dtype_policy, name=self.name)
+        flat.pool.control_trans.assign(self.pool.all_prefixes())
+        return flat

@@ -1,0 +1,317 @@
+"""Every adapter method as a table of cases: parameter counts, identity at init, freezing,
+no forgetting, merge / reset, eject, save / load."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+
+from adapter_bert import AdapterBertModel, BertConfig
+from adapter_bert.configuration import AdapterConfig
+from adapter_bert.model import AdapterModule
+from adapter_bert.testing import random_inputs, tiny_bert_config
+
+# bert-base-uncased counts of the adapters library (adapter weights only: no head, no LayerNorm
+# copies), from DESIGN.md; scaled_par_bn adds one learned scalar per adapter.
+BERT_BASE_COUNTS = [
+    ("seq_bn", 894_528),
+    ("double_seq_bn", 1_789_056),
+    ("double_seq_bn[reduction_factor=24]", 1_198_848),
+    ("par_bn", 7_091_712),
+    ("scaled_par_bn", 7_091_712 + 12),
+    ("lora", 294_912),
+    ("ia3", 55_296),
+    ("prefix_tuning", 9_872_384),
+    ("prefix_tuning_flat", 552_960),
+    ("mam", 22_493_984),
+]
+
+
+@pytest.mark.parametrize("config, expected", BERT_BASE_COUNTS, ids=[c for c, _ in BERT_BASE_COUNTS])
+def test_parameter_counts_equal_the_adapters_library(config, expected):
+    module = AdapterModule("a", AdapterConfig.load(config), BertConfig())
+    assert module.num_params() == expected
+
+
+def test_prefix_tuning_count_after_eject_at_bert_base_size():
+    model = AdapterBertModel.from_config(BertConfig())
+    model.add_adapter("prefix", config="prefix_tuning")
+    assert model.adapter_summary(as_dict=True)[0]["params"] == 9_872_384
+    model.eject_prefix_tuning("prefix")
+    assert model.adapter_summary(as_dict=True)[0]["params"] == 552_960
+
+
+def test_bitfit_counts_every_bias():
+    module = AdapterModule("a", AdapterConfig.load("bitfit"), BertConfig())
+    # per layer: q, k, v, attention output (4 x 768) + intermediate 3072 + output 768 + 2 LN betas;
+    # plus the pooler bias and the embeddings LayerNorm beta.
+    assert module.num_params() == 12 * (4 * 768 + 3072 + 768 + 2 * 768) + 768 + 768
+
+
+def _model(seed=0, **overrides):
+    keras.utils.set_random_seed(seed)
+    return AdapterBertModel.from_config(tiny_bert_config(**overrides))
+
+
+EXACT_IDENTITY = ["seq_bn[init_weights='mam_adapter']", "double_seq_bn[init_weights='mam_adapter']",
+                  "par_bn", "scaled_par_bn", "lora", "lora[attn_matrices=['q','k','v'], output_lora=True]",
+                  "ia3", "bitfit", "double_seq_bn[init_weights='mam_adapter', task_layer_norm=True]"]
+
+
+@pytest.mark.parametrize("config", EXACT_IDENTITY)
+def test_exact_identity_at_initialisation(config):
+    model = _model()
+    inputs = random_inputs()
+    base = model.bert(inputs)
+    model.add_adapter("a", config=config, set_active=True)
+    out = model.bert(inputs)
+    for key in base:
+        np.testing.assert_array_equal(out[key], base[key])
+
+
+def test_houlsby_init_is_near_identity():
+    model = _model()
+    inputs = random_inputs()
+    base = model.bert(inputs)["sequence_output"].numpy()
+    model.add_adapter("a", config="double_seq_bn[init_weights='houlsby']", set_active=True)
+    out = model.bert(inputs)["sequence_output"].numpy()
+    assert np.abs(out - base).max() > 0  # the adapter does act
+    assert np.linalg.norm(out - base) / np.linalg.norm(base) < 1e-2
+
+
+# Method, and whether every weight must move in 20 steps (prefix/LoRA start from zero-grad spots
+# that the Adam steps leave quickly).
+TRAINABLE = ["seq_bn", "double_seq_bn[task_layer_norm=True, init_weights='houlsby']", "par_bn",
+             "scaled_par_bn", "lora[output_lora=True, intermediate_lora=True]", "ia3",
+             "prefix_tuning[prefix_length=4, bottleneck_size=8]", "prefix_tuning_flat[prefix_length=4]",
+             "prefix_tuning[prefix_length=4]|par_bn", "bitfit",
+             "seq_bn[ln_before=True, ln_after=True, scaling='channel']"]
+
+
+def _train(model, inputs, labels, steps=20, learning_rate=1e-2):
+    optimizer = keras.optimizers.Adam(learning_rate)
+    head = model.heads[model.active_head]
+    for _ in range(steps):
+        with tf.GradientTape() as tape:
+            loss = head.loss(labels, model(inputs, training=True))
+        grads = tape.gradient(loss, model.trainable_weights)
+        optimizer.apply_gradients(zip(grads, model.trainable_weights))
+    return float(loss)
+
+
+@pytest.mark.parametrize("config", TRAINABLE)
+def test_training_changes_only_the_adapter_and_head(config):
+    model = _model(dropout=0.1)
+    model.add_adapter("other", config="lora")
+    model.add_adapter("a", config=config)
+    model.add_classification_head("a", num_labels=3)
+    model.train_adapter("a")
+    base = {v.path: v.numpy().copy() for v in model.bert.weights}
+    other = {k: v.numpy().copy() for k, v in model.adapter_modules["other"].named_variables().items()}
+    trained = {k: v.numpy().copy() for k, v in model.adapter_modules["a"].named_variables().items()}
+    head = {v.path: v.numpy().copy() for v in model.heads["a"].weights}
+    assert {id(v) for v in model.trainable_weights} == {
+        id(v) for v in list(model.adapter_modules["a"].named_variables().values())
+        + list(model.heads["a"].weights)}
+    inputs = random_inputs(batch=6, seq=10, seed=3)
+    _train(model, inputs, np.array([0, 1, 2, 0, 1, 2]))
+    for v in model.bert.weights:
+        np.testing.assert_array_equal(v.numpy(), base[v.path], err_msg=v.path)
+    for k, v in model.adapter_modules["other"].named_variables().items():
+        np.testing.assert_array_equal(v.numpy(), other[k])
+    for k, v in model.adapter_modules["a"].named_variables().items():
+        assert np.abs(v.numpy() - trained[k]).max() > 0, f"{k} did not train"
+    for v in model.heads["a"].weights:
+        assert np.abs(v.numpy() - head[v.path]).max() > 0, f"{v.path} did not train"
+
+
+def test_full_finetuning_trains_the_base():
+    model = _model()
+    model.add_adapter("full", config="full")
+    model.add_classification_head("full")
+    model.train_adapter("full")
+    before = [v.numpy().copy() for v in model.bert.weights]
+    _train(model, random_inputs(batch=4), np.array([0, 1, 0, 1]), steps=3)
+    changed = [np.abs(v.numpy() - b).max() > 0 for v, b in zip(model.bert.weights, before)]
+    assert sum(changed) > 0.9 * len(changed)
+
+
+def test_no_forgetting_switching_back_is_bit_identical():
+    model = _model(dropout=0.1)
+    inputs = random_inputs(batch=6, seed=5)
+    labels = np.array([0, 1, 1, 0, 1, 0])
+    model.add_adapter("A", config="double_seq_bn[reduction_factor=4]")
+    model.add_classification_head("A")
+    model.train_adapter("A")
+    _train(model, inputs, labels)
+    model.set_active_adapters("A")
+    predictions_a = model(inputs).numpy()
+    for config in ("lora", "bitfit", "prefix_tuning[prefix_length=3]"):
+        name = f"B_{config.split('[')[0]}"
+        model.add_adapter(name, config=config)
+        model.add_classification_head(name)
+        model.train_adapter(name)
+        _train(model, inputs, 1 - labels)
+        model.set_active_adapters("A")
+        np.testing.assert_array_equal(model(inputs).numpy(), predictions_a)
+        assert model.active_head == "A"
+
+
+@pytest.mark.parametrize("config", ["lora[r=4, alpha=16, intermediate_lora=True, output_lora=True]",
+                                    "ia3", "lora[attn_matrices=['q','k','v']]|seq_bn"])
+def test_merge_then_reset(config):
+    model = _model()
+    inputs = random_inputs()
+    model.add_adapter("a", config=config)
+    # Move the weights away from their identity init so merging has something to do.
+    rng = np.random.default_rng(0)
+    for v in model.adapter_modules["a"].named_variables().values():
+        v.assign(v.numpy() + 0.1 * rng.standard_normal(v.shape).astype("float32"))
+    base_weights = [v.numpy().copy() for v in model.bert.weights]
+    model.set_active_adapters("a")
+    unmerged = model.bert(inputs)["sequence_output"].numpy()
+    model.merge_adapter("a")
+    merged = model.bert(inputs)["sequence_output"].numpy()
+    np.testing.assert_allclose(merged, unmerged, atol=1e-5)
+    assert any(np.abs(v.numpy() - b).max() > 0 for v, b in zip(model.bert.weights, base_weights))
+    model.reset_adapter("a")
+    np.testing.assert_allclose(model.bert(inputs)["sequence_output"], unmerged, atol=1e-5)
+    for v, b in zip(model.bert.weights, base_weights):
+        np.testing.assert_array_equal(v.numpy(), b)  # reset restores the base bit for bit
+    with pytest.raises(ValueError, match="is not merged"):
+        model.reset_adapter("a")
+
+
+def test_merge_errors():
+    model = _model()
+    model.add_adapter("bn", config="seq_bn")
+    with pytest.raises(TypeError, match="no LoRA or \\(IA\\)\\^3 part to merge"):
+        model.merge_adapter("bn")
+    with pytest.raises(KeyError, match="no adapter named 'nope'"):
+        model.merge_adapter("nope")
+
+
+@pytest.mark.parametrize("config", ["prefix_tuning[prefix_length=6, bottleneck_size=16]", "mam"])
+def test_eject_prefix_tuning_keeps_outputs(config):
+    model = _model()
+    inputs = random_inputs()
+    model.add_adapter("p", config=config, set_active=True)
+    before = model.bert(inputs)["sequence_output"].numpy()
+    params_before = model.adapter_summary(as_dict=True)[0]["params"]
+    model.eject_prefix_tuning("p")
+    np.testing.assert_allclose(model.bert(inputs)["sequence_output"], before, atol=1e-5)
+    assert model.adapter_summary(as_dict=True)[0]["params"] < params_before
+    assert "prefix_tuning_flat" in model.adapter_summary(as_dict=True)[0]["architecture"]
+    with pytest.raises(TypeError, match="no prefix tuning part"):
+        model.add_adapter("l", config="lora") or model.eject_prefix_tuning("l")
+
+
+@pytest.mark.parametrize("config", ["double_seq_bn[task_layer_norm=True, init_weights='houlsby']",
+                                    "lora", "ia3", "prefix_tuning[prefix_length=5]", "mam", "bitfit",
+                                    "full", "scaled_par_bn"])
+def test_save_then_load_into_a_fresh_model(tmp_path, config):
+    model = _model(seed=1)
+    inputs = random_inputs()
+    model.add_adapter("task", config=config)
+    model.add_classification_head("task", num_labels=3, pooling="mean", layers=2)
+    rng = np.random.default_rng(1)
+    for v in model.adapter_modules["task"].named_variables().values():
+        v.assign(v.numpy() + 0.05 * rng.standard_normal(v.shape).astype("float32"))
+    model.set_active_adapters("task")
+    expected = model(inputs).numpy()
+    model.save_adapter(tmp_path / "task", "task")
+    assert sorted(p.name for p in (tmp_path / "task").iterdir()) == [
+        "adapter.safetensors", "adapter_config.json", "head.safetensors", "head_config.json"]
+    fresh = _model(seed=1)  # same base weights, no adapters
+    if config == "full":
+        fresh.bert.set_weights([w + 1 for w in fresh.bert.get_weights()])
+    name = fresh.load_adapter(tmp_path / "task", set_active=True)
+    assert name == "task" and fresh.active_head == "task"
+    np.testing.assert_allclose(fresh(inputs).numpy(), expected, atol=1e-6)
+
+
+def test_loading_into_another_size_is_a_clear_error(tmp_path):
+    model = _model()
+    model.add_adapter("a", config="seq_bn")
+    model.save_adapter(tmp_path / "a", "a")
+    other = AdapterBertModel.from_config(tiny_bert_config(hidden_size=48, num_attention_heads=4))
+    with pytest.raises(ValueError, match=r"trained for a base of another size: hidden_size=32 "
+                                         r"\(this model: 48\)"):
+        other.load_adapter(tmp_path / "a")
+    assert other.adapters == {}
+
+
+def test_load_errors_are_one_line(tmp_path):
+    model = _model()
+    with pytest.raises(FileNotFoundError, match="adapter directory .* does not exist"):
+        model.load_adapter(tmp_path / "missing")
+    model.add_adapter("a", config="seq_bn")
+    model.save_adapter(tmp_path / "a", "a")
+    (tmp_path / "a" / "adapter.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot read .*adapter.safetensors"):
+        model.load_adapter(tmp_path / "a", load_as="b")
+    (tmp_path / "a" / "adapter_config.json").write_text("{")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        model.load_adapter(tmp_path / "a", load_as="b")
+    assert list(model.adapters) == ["a"]
+
+
+def test_save_is_atomic_a_crash_leaves_the_old_files(tmp_path, monkeypatch):
+    model = _model()
+    model.add_adapter("a", config="seq_bn")
+    model.save_adapter(tmp_path / "a", "a")
+    old = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
+    model.adapter_modules["a"].named_variables()["bottleneck.layer_0_output_adapter.up.bias"].assign(
+        np.ones(32, "float32"))
+    import safetensors.numpy
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        model.save_adapter(tmp_path / "a", "a")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # no temporary directory left
+
+
+def test_active_adapter_selection_and_errors():
+    model = _model()
+    inputs = random_inputs()
+    base = model.bert(inputs)["sequence_output"].numpy()
+    model.add_adapter("a", config="seq_bn")
+    model.add_adapter("b", config="seq_bn[init_weights='houlsby']")
+    model.set_active_adapters("a")
+    out_a = model.bert(inputs)["sequence_output"].numpy()
+    model.set_active_adapters("b")
+    out_b = model.bert(inputs)["sequence_output"].numpy()
+    model.set_active_adapters(None)
+    np.testing.assert_array_equal(model.bert(inputs)["sequence_output"], base)
+    assert np.abs(out_a - out_b).max() > 0
+    with pytest.raises(ValueError, match="exists already"):
+        model.add_adapter("a")
+    with pytest.raises(ValueError, match="adapter name must be"):
+        model.add_adapter("bad/name")
+    model.delete_adapter("a")
+    with pytest.raises(KeyError, match=r"no adapter named 'a' \(adapters: b\)"):
+        model.set_active_adapters("a")
+    model.add_adapter("u", config="prefix_tuning|par_bn")
+    # Disjoint for layers 0 and 1, which is all the string can know; this model has a layer 2.
+    deeper = _model(num_hidden_layers=3)
+    with pytest.raises(ValueError, match="same location in layer 2"):
+        deeper.add_adapter("bad", config="seq_bn[leave_out=[0]]|seq_bn[leave_out=[1]]")
+
+
+def test_summary_line_is_peft_style():
+    model = _model()
+    model.add_adapter("lora", config="lora")
+    model.add_classification_head("lora")
+    model.train_adapter("lora")
+    lines = model.adapter_summary().splitlines()
+    trainable = 2 * 2 * (32 * 8 + 8 * 32) + 32 * 2 + 2
+    total = model.bert.count_params() + 2 * 2 * (32 * 8 + 8 * 32) + 32 * 2 + 2
+    assert lines[-1] == (f"trainable params: {trainable:,} || all params: {total:,} || "
+                         f"trainable%: {100 * trainable / total:.4f}")
+    assert model.adapter_summary(as_dict=True) == [
+        {"name": "lora", "architecture": "lora", "params": 2048, "active": True, "train": True}]
