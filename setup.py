@@ -20,6 +20,8 @@ setup(
         "numpy>=1.26,<3",
         "scipy>=1.13,<2",
         "scikit-learn>=1.5,<2",
+        # GLUE's usual online source (glue/* datasets); imported only by read_tfds_examples.
+        "tensorflow-datasets>=4.9,<5",
     ],
     extras_require={
         "test": ["pytest>=8,<10"],
