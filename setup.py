@@ -10,6 +10,7 @@ setup(
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "tensorflow-text>=2.21,<2.22",
+        "tensorboard>=2.20,<3",
         "keras>=3.13,<3.16",
         # transformers is used for its fast tokenizer only; version 5 has no TF models.
         "transformers>=5.0,<6",

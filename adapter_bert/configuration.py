@@ -111,7 +111,9 @@ class AdapterConfig:
                 loaded = parse_config_string(text)
         else:
             raise TypeError(f"cannot make an adapter config from {type(config).__name__}")
-        return loaded.replace(**kwargs) if kwargs else loaded
+        # None means "not given" (as in the adapters library, for command-line flags); the copy
+        # keeps callers from changing the shared defaults of the registry.
+        return loaded.replace(**{k: v for k, v in kwargs.items() if v is not None})
 
     def config_dict(self) -> dict[str, Any]:
         """`to_dict` plus the class name, so a saved config reloads as the same class."""
@@ -277,7 +279,7 @@ def _parse_single(text: str) -> AdapterConfig:
             except (ValueError, SyntaxError):
                 raise ValueError(f"value of {key!r} in {identifier}[...] is not a Python literal: "
                                  f"{raw!r}") from None
-    return ADAPTER_CONFIG_MAP[identifier].replace(**kwargs) if kwargs else ADAPTER_CONFIG_MAP[identifier]
+    return ADAPTER_CONFIG_MAP[identifier].replace(**kwargs)
 
 
 def parse_config_string(text: str) -> AdapterConfig:

@@ -3,7 +3,9 @@
 The base (`model.bert`, a `BertEncoder`) is shared by every task. Each adapter is an
 `AdapterModule` (its config and method layers); each head is a `ClassificationHead`. Activating an
 adapter attaches its hooks to the base, so `model.bert(inputs)` and `model(inputs)` run with it;
-deactivating detaches them and the base computes exactly what it did before.
+deactivating detaches them and the base computes exactly what it did before. The exception is a
+merged LoRA / (IA)^3 adapter (`merge_adapter`): it lives in the base weights, whatever is active,
+until `reset_adapter`.
 
 Example:
 >>> from adapter_bert import AdapterBertModel
@@ -182,16 +184,17 @@ class AdapterBertModel(keras.Model):
             set_active: activate the new adapter.
         """
         _check_name(name, "adapter")
-        if name in self.adapter_modules:
-            if not overwrite_ok:
-                raise ValueError(f"an adapter named {name!r} exists already (pass overwrite_ok=True)")
-            self.delete_adapter(name)
+        if name in self.adapter_modules and not overwrite_ok:
+            raise ValueError(f"an adapter named {name!r} exists already (pass overwrite_ok=True)")
+        # Built before the old one is removed, so a bad config leaves the model as it was.
         config = AdapterConfig.load(config)
         module = AdapterModule(name, config, self.bert.bert_config, dtype=self.bert.dtype_policy)
         for method in module.methods:
             if hasattr(method, "init_from_base"):
                 method.init_from_base(self.bert)
         module.trainable = False
+        if name in self.adapter_modules:
+            self.delete_adapter(name)
         self.adapter_modules[name] = module
         if set_active:
             self.set_active_adapters(name)
@@ -217,24 +220,30 @@ class AdapterBertModel(keras.Model):
         """Activates adapter `name` (None: the plain base). A head of the same name becomes active too."""
         if name is not None:
             self._adapter(name)
-        if self._active_adapter is not None:
-            for method in self.adapter_modules[self._active_adapter].methods:
+        previous = self._active_adapter
+        if previous is not None:
+            for method in self.adapter_modules[previous].methods:
                 method.detach(self.bert)
         self._active_adapter = None
-        if name is not None:
-            attached = []
-            try:
-                for method in self.adapter_modules[name].methods:
-                    method.attach(self.bert)
-                    attached.append(method)
-            except Exception:
-                for method in attached:
-                    method.detach(self.bert)
-                raise
-            self._active_adapter = name
-            if name in self.heads:
-                self._active_head = name
         self._forget_traces()
+        if name is None:
+            return
+        try:
+            for method in self.adapter_modules[name].methods:
+                method.attach(self.bert)
+        except Exception:
+            # Detaching is idempotent, so undo every method (the failing one may be half attached)
+            # and put the previous adapter back.
+            for method in self.adapter_modules[name].methods:
+                method.detach(self.bert)
+            if previous is not None:
+                for method in self.adapter_modules[previous].methods:
+                    method.attach(self.bert)
+                self._active_adapter = previous
+            raise
+        self._active_adapter = name
+        if name in self.heads:
+            self._active_head = name
 
     def _forget_traces(self) -> None:
         # Which hooks run is Python state baked into traced functions; retrace after a change.
@@ -245,6 +254,9 @@ class AdapterBertModel(keras.Model):
     def train_adapter(self, name: str) -> None:
         """Activates adapter `name` and makes only it (with its LayerNorm copies) and head `name` trainable."""
         module = self._adapter(name)
+        if module.merged:
+            raise ValueError(f"adapter {name!r} is merged into the base; reset_adapter({name!r}) "
+                             "before training it")
         self.set_active_adapters(name)
         self.bert.trainable = module.trains_base
         for other_name, other in self.adapter_modules.items():
@@ -338,6 +350,8 @@ class AdapterBertModel(keras.Model):
                           initializer_range=cfg.initializer_range, dtype=self.bert.dtype_policy,
                           name=f"head_{name}", **kwargs)
         head.trainable = self._training_adapter == name
+        # pop first: assigning over a tracked dict entry would keep the old head's weights tracked.
+        self.heads.pop(name, None)
         self.heads[name] = head
         if set_active:
             self._active_head = name
@@ -386,6 +400,10 @@ class AdapterBertModel(keras.Model):
         from safetensors.numpy import save_file
 
         module = self._adapter(name)
+        target = Path(directory)
+        if target.is_dir() and any(target.iterdir()) and not (target / ADAPTER_CONFIG_FILE).is_file():
+            raise ValueError(f"{target} is a non-empty directory that holds no saved adapter; "
+                             "save_adapter replaces its directory as a whole, pick an empty one")
         if module.trains_base:
             weights = {f"bert.{k}": np.ascontiguousarray(v) for k, v in encoder_state(self.bert).items()}
         else:
@@ -430,6 +448,7 @@ class AdapterBertModel(keras.Model):
                              if theirs[k] != mine[k])
             raise ValueError(f"adapter in {directory} was trained for a base of another size: {diff}")
         name = load_as or meta["name"]
+        _check_name(name, "adapter")
         try:
             weights = load_file(str(directory / ADAPTER_WEIGHTS_FILE))
         except FileNotFoundError:
@@ -495,7 +514,8 @@ class AdapterBertModel(keras.Model):
         base_params = self.bert.count_params()
         rows = []
         for name, module in self.adapter_modules.items():
-            rows.append({"name": name, "architecture": config_identifier(module.config),
+            label = config_identifier(module.config) + (" (merged)" if module.merged else "")
+            rows.append({"name": name, "architecture": label,
                          "params": base_params if module.trains_base else module.num_params(),
                          "active": name == self._active_adapter,
                          "train": name == self._training_adapter})

@@ -93,7 +93,9 @@ def test_configs_are_immutable_but_accept_custom_attributes(identifier):
     copy = config.replace()
     copy.dummy_attr = "test_value"
     assert copy.dummy_attr == "test_value"
-    assert config_identifier(config) == identifier
+    aliases = {"houlsby": "double_seq_bn", "pfeiffer": "seq_bn", "parallel": "par_bn",
+               "scaled_parallel": "scaled_par_bn"}
+    assert config_identifier(config) == aliases.get(identifier, identifier)
 
 
 def test_custom_config_subclass_keeps_its_class():
@@ -124,3 +126,15 @@ def test_reduction_factor_per_layer():
     assert [config.bottleneck_size(i, 768) for i in range(3)] == [96, 192, 48]
     with pytest.raises(ValueError, match="no entry for layer 2 and no 'default'"):
         ParBnConfig(reduction_factor={"0": 8}).bottleneck_size(2, 768)
+
+
+def test_library_aliases_and_loading_semantics():
+    assert AdapterConfig.load("prefix_tuning[bottleneck_size=800]|parallel") == MAMConfig()
+    assert AdapterConfig.load("houlsby") == DoubleSeqBnConfig()
+    assert config_identifier(AdapterConfig.load("pfeiffer")) == "seq_bn"
+    loaded = AdapterConfig.load("seq_bn")
+    assert loaded is not ADAPTER_CONFIG_MAP["seq_bn"]  # callers never get the shared default
+    assert AdapterConfig.load("seq_bn", reduction_factor=None) == SeqBnConfig()  # None: not given
+    # A library dict without "architecture" is a bottleneck config.
+    assert AdapterConfig.load({"mh_adapter": True, "output_adapter": False, "reduction_factor": 8,
+                               "non_linearity": "relu"}).reduction_factor == 8

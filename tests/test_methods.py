@@ -315,3 +315,56 @@ def test_summary_line_is_peft_style():
                          f"trainable%: {100 * trainable / total:.4f}")
     assert model.adapter_summary(as_dict=True) == [
         {"name": "lora", "architecture": "lora", "params": 2048, "active": True, "train": True}]
+
+
+def test_two_merges_into_one_dense_are_refused():
+    model = _model()
+    model.add_adapter("a", config="lora")
+    model.add_adapter("b", config="lora[r=4]")
+    model.merge_adapter("a")
+    with pytest.raises(ValueError, match="already holds merged adapter"):
+        model.merge_adapter("b")
+    with pytest.raises(ValueError, match="is merged into the base; reset_adapter"):
+        model.train_adapter("a")
+    assert model.adapter_summary(as_dict=True)[0]["architecture"] == "lora (merged)"
+    model.reset_adapter("a")
+    model.merge_adapter("b")
+    model.reset_adapter("b")
+
+
+def test_overwriting_keeps_weights_tracked_once_and_bad_config_keeps_the_old_adapter():
+    model = _model()
+    model.add_classification_head("h", num_labels=2)
+    count = len(model.weights)
+    model.add_classification_head("h", num_labels=3, overwrite_ok=True)
+    assert len(model.weights) == count
+    model.add_adapter("a", config="seq_bn")
+    with pytest.raises(ValueError, match="unknown adapter config"):
+        model.add_adapter("a", config="nonsense", overwrite_ok=True)
+    assert model.adapter_summary(as_dict=True)[0]["architecture"] == "seq_bn"
+
+
+def test_failed_activation_restores_the_previous_adapter():
+    from adapter_bert.bert.encoder import add_and_norm
+
+    model = _model()
+    inputs = random_inputs()
+    model.add_adapter("a", config="seq_bn[init_weights='houlsby']", set_active=True)
+    expected = model.bert(inputs)["sequence_output"].numpy()
+    model.add_adapter("b", config="double_seq_bn")
+    # Occupy a location "b" needs, as if another bottleneck were active there.
+    object.__setattr__(model.bert.layers[1], "attention_residual", lambda *a, **k: None)
+    with pytest.raises(ValueError, match="already has an active bottleneck adapter"):
+        model.set_active_adapters("b")
+    object.__setattr__(model.bert.layers[1], "attention_residual", add_and_norm)
+    assert model.active_adapters == "a"
+    np.testing.assert_array_equal(model.bert(inputs)["sequence_output"], expected)
+
+
+def test_save_adapter_refuses_a_foreign_directory(tmp_path):
+    model = _model()
+    model.add_adapter("a", config="seq_bn")
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="holds no saved adapter"):
+        model.save_adapter(tmp_path, "a")
+    assert (tmp_path / "notes.txt").read_text() == "keep me"

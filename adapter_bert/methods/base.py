@@ -21,7 +21,8 @@ ACTIVATIONS = {
     "silu": keras.activations.silu,
     "tanh": keras.activations.tanh,
     "sigmoid": keras.activations.sigmoid,
-    "leakyrelu": keras.activations.leaky_relu,
+    # PyTorch's default slope, which the adapters library uses (Keras' default is 0.2).
+    "leakyrelu": lambda x: keras.activations.leaky_relu(x, negative_slope=0.01),
 }
 
 

@@ -192,9 +192,16 @@ class DenseHookMethod(AdapterMethod):
     def merge(self, encoder) -> None:
         if self.merged:
             raise ValueError(f"adapter {self.name} is merged already")
+        for _, dense in self._targets(encoder):
+            # One merged update per Dense: a second one would be baked into the first's backup.
+            owner = getattr(dense, "_merged_by", None)
+            if owner is not None:
+                raise ValueError(f"{dense.name} already holds merged adapter {owner!r}; "
+                                 "reset it first")
         self.detach(encoder)
         for hook, dense in self._targets(encoder):
             hook.merge_into(dense)
+            object.__setattr__(dense, "_merged_by", self.path or self.name)
         self.merged = True
 
     def reset(self, encoder) -> None:
@@ -202,6 +209,7 @@ class DenseHookMethod(AdapterMethod):
             raise ValueError(f"adapter {self.name} is not merged")
         for hook, dense in self._targets(encoder):
             hook.reset(dense)
+            object.__setattr__(dense, "_merged_by", None)
         self.merged = False
 
 

@@ -33,6 +33,11 @@ ADAPTER_CONFIG_MAP: dict[str, AdapterConfig] = {
     "mam": MAMConfig(),
     "bitfit": BitFitConfig(),
     "full": FullFinetuningConfig(),
+    # The adapters library's older names, still accepted there (seed 002 uses "parallel").
+    "pfeiffer": SeqBnConfig(),
+    "houlsby": DoubleSeqBnConfig(),
+    "parallel": ParBnConfig(),
+    "scaled_parallel": ParBnConfig(scaling="learned"),
 }
 
 # Identifiers of the adapters library's table that this package does not implement yet; they get
@@ -54,7 +59,8 @@ def config_class_for(values: dict) -> type:
         if name not in CONFIG_CLASSES:
             raise ValueError(f"unknown adapter config class {name!r}")
         return CONFIG_CLASSES[name]
-    architecture = values.get("architecture")
+    # The adapters library reads a dict without "architecture" as a bottleneck config.
+    architecture = values.get("architecture") or "bottleneck"
     if architecture not in _DEFAULT_CLASS:
         raise ValueError(f"unknown adapter architecture {architecture!r}; known: "
                          + ", ".join(sorted(_DEFAULT_CLASS)))

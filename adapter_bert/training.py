@@ -1,0 +1,476 @@
+"""Training an adapter on a GLUE task: one custom loop under `tf.distribute`, resumable.
+
+`run(TrainingArgs(...))` is what `run_tf_adapter_bert.py` calls. The same loop serves every
+strategy (`strategy.run` + `tf.GradientTape` + a Keras AdamW): Keras' `fit` is avoided because it
+fails under MultiWorkerMirroredStrategy (keras#20585).
+
+Output directory `<saved_models_dir>/<task>/`:
+  results.json   per-epoch dev metrics, best epoch, parameter counts, throughput, versions
+  adapter/       save_adapter of the best epoch (adapter + head)
+  predictions/   GLUE test-set predictions in the benchmark's submission format
+  checkpoints/   tf.train.CheckpointManager checkpoints: rerunning the same command resumes
+  logs/          TensorBoard summaries
+
+Every file is written atomically (temporary name, then rename), so a killed run leaves either the
+old file or the new one. Rerunning resumes from the last checkpoint with the same data order and
+dropout randomness, and ends with the same weights as an uninterrupted run.
+
+Example:
+>>> args = TrainingArgs(task="mrpc", casing="all-minilm-l6-v2", method="houlsby",
+...                     data_dir="../shared/data/glue/MRPC", epochs=1, max_steps=2)
+>>> args.output_dir.name
+'mrpc'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from adapter_bert.io_utils import read_json, write_json
+
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
+MIXED_PRECISION = (None, "bf16", "fp16")
+
+
+@dataclasses.dataclass
+class TrainingArgs:
+    """Everything a training run depends on (the command's flags)."""
+
+    task: str = "mrpc"
+    casing: str = "all-minilm-l6-v2"
+    data_dir: str | None = None
+    adapter_config: str | None = None
+    method: str | None = None
+    bottleneck_size: int | None = None
+    non_linearity: str | None = None
+    pooling: str = "cls"
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    epochs: int = 10
+    max_seq_length: int = 128
+    learning_rate: float = 3e-4
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = None
+    seed: int = 0
+    max_steps: int | None = None
+    max_train_examples: int | None = None
+    eval_every: int | None = None
+    checkpoint_every: int | None = None
+    keep_checkpoints: int = 2
+    strategy: str = "default"
+    tpu: str | None = None
+    mixed_precision: str | None = None
+    padding: str = "dynamic"
+    bucket_boundaries: tuple = ()
+    saved_models_dir: str = "saved_models"
+    predict_test: bool = True
+    log_every: int = 20
+    overwrite: bool = False
+
+    @property
+    def output_dir(self) -> Path:
+        from adapter_bert.glue.tasks import get_task
+
+        return Path(self.saved_models_dir) / get_task(self.task).name
+
+    def resume_key(self) -> dict:
+        """The arguments that must match for a rerun to resume a killed run."""
+        keep_out = {"saved_models_dir", "log_every", "overwrite", "predict_test", "keep_checkpoints",
+                    "strategy", "tpu"}
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k not in keep_out}
+        values["bucket_boundaries"] = list(self.bucket_boundaries)
+        return values
+
+
+def validate_args(args: TrainingArgs) -> None:
+    """Checks every argument up front; raises ValueError / FileNotFoundError with one line."""
+    from adapter_bert.glue.data import find_tsv
+    from adapter_bert.glue.tasks import get_task
+    from adapter_bert.methods.presets import PRESETS
+
+    task = get_task(args.task)
+    if task.prediction_only:
+        raise ValueError(f"task {task.name!r} has no training data; train {task.model_task!r}")
+    for name in ("batch_size", "epochs", "max_seq_length", "log_every", "keep_checkpoints"):
+        value = getattr(args, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"--{name} must be a positive integer, got {value!r}")
+    for name in ("max_steps", "max_train_examples", "eval_every", "checkpoint_every",
+                 "bottleneck_size", "eval_batch_size"):
+        value = getattr(args, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ValueError(f"--{name} must be a positive integer, got {value!r}")
+    if not args.learning_rate > 0:
+        raise ValueError(f"--learning_rate must be positive, got {args.learning_rate!r}")
+    if not 0 <= args.warmup_ratio < 1:
+        raise ValueError(f"--warmup_ratio must be in [0, 1), got {args.warmup_ratio!r}")
+    if args.weight_decay < 0:
+        raise ValueError(f"--weight_decay must be >= 0, got {args.weight_decay!r}")
+    if args.max_grad_norm is not None and not args.max_grad_norm > 0:
+        raise ValueError(f"--max_grad_norm must be positive, got {args.max_grad_norm!r}")
+    if args.strategy not in STRATEGIES:
+        raise ValueError(f"unknown --strategy {args.strategy!r}; known: {', '.join(STRATEGIES)}")
+    if args.mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"--mixed_precision must be bf16 or fp16, got {args.mixed_precision!r}")
+    if args.method is not None and args.method not in PRESETS:
+        raise ValueError(f"unknown --method {args.method!r}; known: {', '.join(PRESETS)}")
+    if args.pooling not in ("cls", "mean"):
+        raise ValueError(f"--pooling must be cls or mean, got {args.pooling!r}")
+    if args.padding not in ("dynamic", "max_length"):
+        raise ValueError(f"--padding must be dynamic or max_length, got {args.padding!r}")
+    if args.adapter_config is not None:
+        from adapter_bert.configuration import AdapterConfig
+
+        try:
+            AdapterConfig.load(args.adapter_config)
+        except (TypeError, ValueError, FileNotFoundError) as e:
+            raise ValueError(f"bad --adapter_config {args.adapter_config!r}: {e}") from None
+    if args.data_dir is not None:
+        for split in ("train", "dev"):
+            find_tsv(task, args.data_dir, split)
+
+
+def make_strategy(name: str = "default", tpu: str | None = None):
+    """The `tf.distribute` strategy for `--strategy` (GPUs if any, else all logical CPUs)."""
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "one_device":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    if name == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if name == "multi_worker_mirrored":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+
+
+def make_schedule(peak: float, total_steps: int, warmup_steps: int):
+    """The seed's schedule (BERT's): linear warmup then linear decay to zero.
+
+    Example:
+    >>> schedule = make_schedule(1.0, total_steps=10, warmup_steps=2)
+    >>> [round(float(schedule(s)), 3) for s in (0, 1, 2, 6, 10)]
+    [0.0, 0.5, 1.0, 0.5, 0.0]
+    """
+    import keras
+
+    class _Schedule(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            step = keras.ops.cast(step, "float32")
+            warm = step / max(warmup_steps, 1)
+            decay = (total_steps - step) / max(total_steps - warmup_steps, 1)
+            return peak * keras.ops.maximum(0.0, keras.ops.minimum(warm, decay))
+
+        def get_config(self):
+            return {"peak": peak, "total_steps": total_steps, "warmup_steps": warmup_steps}
+
+    return _Schedule()
+
+
+def resolve_adapter_config(args: TrainingArgs, hidden_size: int) -> str:
+    """`--adapter_config` if given, else the `--method` preset (`--bottleneck_size` alone: Houlsby)."""
+    from adapter_bert.methods.presets import preset_config
+
+    if args.adapter_config:
+        return args.adapter_config
+    method = args.method or "houlsby"
+    return preset_config(method, hidden_size, args.bottleneck_size, args.non_linearity)
+
+
+def _versions() -> dict:
+    import keras
+    import tensorflow as tf
+
+    import adapter_bert
+
+    return {"adapter_bert": adapter_bert.__version__, "tensorflow": tf.__version__,
+            "keras": keras.__version__, "python": platform.python_version(),
+            "machine": f"{platform.machine()} {os.cpu_count()} cpus"}
+
+
+class _Progress:
+    """One line every `every` steps: loss, throughput, ETA (plain lines, fine in logs and terminals)."""
+
+    def __init__(self, total_steps: int, every: int, stream=sys.stderr):
+        self.total, self.every, self.stream = total_steps, every, stream
+        self.start = time.perf_counter()
+        self.examples = 0
+
+    def update(self, step: int, epoch: int, loss: float, examples: int) -> None:
+        self.examples += examples
+        if step % self.every and step != self.total:
+            return
+        elapsed = time.perf_counter() - self.start
+        rate = self.examples / max(elapsed, 1e-9)
+        eta = (self.total - step) * elapsed / max(step - self.first_step + 1, 1)
+        print(f"epoch {epoch} step {step}/{self.total} loss {loss:.4f} "
+              f"{rate:.1f} ex/s eta {eta:.0f}s", file=self.stream, flush=True)
+
+    def begin(self, first_step: int) -> None:
+        self.first_step = first_step
+        self.start = time.perf_counter()
+        self.examples = 0
+
+
+def _prepare_output_dir(args: TrainingArgs) -> Path:
+    out = args.output_dir
+    key_file = out / "checkpoints" / "run_args.json"
+    if args.overwrite and out.exists():
+        shutil.rmtree(out)
+    if key_file.is_file():
+        previous = read_json(key_file, "run arguments")
+        current = json.loads(json.dumps(args.resume_key()))
+        if previous != current:
+            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+            raise ValueError(f"{out} holds a run with other arguments ({', '.join(changed)} differ); "
+                             "pass --overwrite or another --saved_models_dir")
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    write_json(key_file, args.resume_key())
+    return out
+
+
+def load_examples(args: TrainingArgs, task, split: str):
+    from adapter_bert.glue.data import read_glue_tsv, read_tfds_examples
+
+    if args.data_dir is not None:
+        return read_glue_tsv(task, args.data_dir, split)
+    return read_tfds_examples(task, split)
+
+
+def run(args: TrainingArgs) -> dict:
+    """Trains, evaluates and saves as described in the module docstring; returns results.json."""
+    validate_args(args)
+    import keras
+
+    previous_policy = keras.mixed_precision.global_policy()
+    if args.mixed_precision:
+        keras.mixed_precision.set_global_policy(
+            {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[args.mixed_precision])
+    try:
+        return _run(args)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _run(args: TrainingArgs) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from adapter_bert import AdapterBertModel, load_tokenizer
+    from adapter_bert.glue.data import encode_examples, label_array, make_dataset, num_batches
+    from adapter_bert.glue.tasks import get_task
+
+    task = get_task(args.task)
+    wall_start = time.perf_counter()
+    tokenizer = load_tokenizer(args.casing)
+    if args.max_seq_length > tokenizer.max_positions:
+        raise ValueError(f"--max_seq_length {args.max_seq_length} is above the model's "
+                         f"{tokenizer.max_positions} positions")
+    train_examples = load_examples(args, task, "train")
+    if args.max_train_examples:
+        order = np.random.default_rng(args.seed).permutation(len(train_examples))
+        train_examples = [train_examples[i] for i in sorted(order[:args.max_train_examples])]
+    dev_examples = load_examples(args, task, "dev")
+    out = _prepare_output_dir(args)
+
+    train_encoded = encode_examples(tokenizer, train_examples, args.max_seq_length)
+    train_labels = label_array(task, train_examples)
+    dev_encoded = encode_examples(tokenizer, dev_examples, args.max_seq_length)
+    dev_labels = label_array(task, dev_examples)
+
+    strategy = make_strategy(args.strategy, args.tpu)
+    replicas = strategy.num_replicas_in_sync
+    static_shapes = args.strategy == "tpu"
+    steps_per_epoch = num_batches(len(train_examples), args.batch_size, drop_remainder=static_shapes)
+    total_steps = steps_per_epoch * args.epochs
+    if args.max_steps:
+        total_steps = min(total_steps, args.max_steps)
+    eval_every = args.eval_every or steps_per_epoch
+    checkpoint_every = args.checkpoint_every or eval_every
+
+    keras.utils.set_random_seed(args.seed)
+    with strategy.scope():
+        model = AdapterBertModel.from_pretrained(args.casing)
+        config = resolve_adapter_config(args, model.config.hidden_size)
+        model.add_adapter(task.name, config=config)
+        if task.is_regression:
+            model.add_regression_head(task.name, pooling=args.pooling)
+        else:
+            model.add_classification_head(task.name, num_labels=task.num_labels, pooling=args.pooling,
+                                          id2label=dict(enumerate(task.labels)))
+        model.train_adapter(task.name)
+        schedule = make_schedule(args.learning_rate, total_steps,
+                                 int(round(args.warmup_ratio * total_steps)))
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay,
+                                           clipnorm=args.max_grad_norm)
+        if args.mixed_precision == "fp16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        trainable = model.trainable_weights
+        # Slots only for the adapter and head: the frozen base gets no optimizer state.
+        optimizer.build(trainable)
+        seeds = [v for v in model.variables if "seed_generator_state" in v.path]
+        state = {"history": tf.Variable("[]", dtype=tf.string, trainable=False),
+                 "best": tf.Variable("null", dtype=tf.string, trainable=False),
+                 "step": tf.Variable(0, dtype=tf.int64, trainable=False),
+                 "train_seconds": tf.Variable(0.0, dtype=tf.float64, trainable=False),
+                 "train_examples": tf.Variable(0, dtype=tf.int64, trainable=False)}
+    head = model.heads[task.name]
+    checkpoint = tf.train.Checkpoint(
+        trainable={f"v{i}": v for i, v in enumerate(trainable)}, optimizer=optimizer,
+        seeds={f"s{i}": v for i, v in enumerate(seeds)}, **state)
+    manager = tf.train.CheckpointManager(checkpoint, str(out / "checkpoints"),
+                                         max_to_keep=args.keep_checkpoints)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        print(f"resuming from {manager.latest_checkpoint} at step {int(state['step'].numpy())}",
+              file=sys.stderr)
+    global_batch = args.batch_size
+
+    def train_step(inputs, labels):
+        with tf.GradientTape() as tape:
+            logits = model(inputs, training=True)
+            if task.is_regression:
+                per_example = tf.square(tf.squeeze(logits, -1) - tf.cast(labels, logits.dtype))
+            else:
+                per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            loss = tf.reduce_sum(per_example) / global_batch
+            scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
+        grads = tape.gradient(scaled, trainable)
+        optimizer.apply_gradients(zip(grads, trainable))
+        return loss
+
+    spec = tf.TensorSpec([None, None], tf.int32)
+    label_spec = tf.TensorSpec([None], tf.float32 if task.is_regression else tf.int32)
+
+    def distributed_step(inputs, labels):
+        losses = strategy.run(train_step, args=(inputs, labels))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    @tf.function(input_signature=[{"input_ids": spec, "attention_mask": spec, "token_type_ids": spec}])
+    def predict_step(inputs):
+        return model(inputs, training=False)
+
+    def evaluate(encoded, labels):
+        dataset = make_dataset(encoded, None, args.eval_batch_size or 2 * args.batch_size,
+                               padding=args.padding, max_seq_length=args.max_seq_length)
+        outputs = []
+        for inputs, _ in dataset:
+            outputs.append(predict_step(inputs).numpy())
+        logits = np.concatenate(outputs)
+        predictions = logits[:, 0] if task.is_regression else logits.argmax(-1)
+        return predictions
+
+    from adapter_bert.glue.metrics import compute_metrics
+
+    writer = tf.summary.create_file_writer(str(out / "logs"))
+    progress = _Progress(total_steps, args.log_every)
+    step = int(state["step"].numpy())
+    progress.begin(step)
+    compiled_step = None
+    history = json.loads(state["history"].numpy().decode())
+    best = json.loads(state["best"].numpy().decode())
+    while step < total_steps:
+        epoch = step // steps_per_epoch
+        skip = step - epoch * steps_per_epoch
+        dataset = make_dataset(train_encoded, train_labels, args.batch_size, shuffle=True,
+                               seed=args.seed + epoch, drop_remainder=static_shapes,
+                               padding=args.padding, max_seq_length=args.max_seq_length,
+                               bucket_boundaries=list(args.bucket_boundaries) or None,
+                               pad_to_bucket_boundary=static_shapes and bool(args.bucket_boundaries))
+        dataset = dataset.skip(skip).take(total_steps - step)
+        distributed = strategy.experimental_distribute_dataset(dataset)
+        if compiled_step is None:
+            # One trace for every batch shape: dynamic padding varies the sequence length.
+            compiled_step = tf.function(distributed_step, input_signature=distributed.element_spec)
+        for inputs, labels in distributed:
+            started = time.perf_counter()
+            loss = float(compiled_step(inputs, labels))
+            batch = int(sum(int(tf.shape(t)[0]) for t in strategy.experimental_local_results(labels)))
+            state["train_seconds"].assign_add(time.perf_counter() - started)
+            state["train_examples"].assign_add(batch)
+            step += 1
+            state["step"].assign(step)
+            progress.update(step, epoch + 1, loss, batch)
+            with writer.as_default(step=step):
+                tf.summary.scalar("train/loss", loss)
+                tf.summary.scalar("train/learning_rate", float(schedule(step)))
+            end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
+            if step % eval_every == 0 or end_of_epoch:
+                metrics = compute_metrics(task, evaluate(dev_encoded, dev_labels), dev_labels)
+                entry = {"epoch": round(step / steps_per_epoch, 4), "step": step, "dev": metrics}
+                history.append(entry)
+                print(f"dev at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+                      file=sys.stderr, flush=True)
+                with writer.as_default(step=step):
+                    for k, v in metrics.items():
+                        tf.summary.scalar(f"dev/{k}", v)
+                if best is None or metrics[task.main_metric] > best["dev"][task.main_metric]:
+                    best = entry
+                    model.save_adapter(out / "adapter", task.name)
+                state["history"].assign(json.dumps(history))
+                state["best"].assign(json.dumps(best))
+            if step % checkpoint_every == 0 or end_of_epoch:
+                manager.save(checkpoint_number=step)
+        writer.flush()
+
+    results = {
+        "task": task.name, "method": args.method or ("custom" if args.adapter_config else "houlsby"),
+        "adapter_config": resolve_adapter_config(args, model.config.hidden_size),
+        "epochs": history, "best": best, "final": history[-1] if history else None,
+        "main_metric": task.main_metric,
+        "trainable_params": int(sum(np.prod(v.shape) for v in trainable)),
+        "total_params": int(sum(np.prod(v.shape) for v in model.weights)),
+        "train_examples_per_second": float(state["train_examples"].numpy())
+        / max(float(state["train_seconds"].numpy()), 1e-9),
+        "train_steps": step, "global_batch_size": global_batch, "replicas": replicas,
+        "wall_seconds": time.perf_counter() - wall_start, "versions": _versions(),
+        "args": dataclasses.asdict(args),
+    }
+    if args.predict_test:
+        results["predictions"] = _predict_test_sets(args, task, model, tokenizer, out, evaluate)
+    write_json(out / "results.json", results)
+    return results
+
+
+def _predict_test_sets(args, task, model, tokenizer, out: Path, evaluate) -> list[str]:
+    """GLUE test predictions of the best adapter, in the benchmark's submission format."""
+    from adapter_bert.glue.data import encode_examples
+    from adapter_bert.glue.submission import write_submission
+    from adapter_bert.glue.tasks import TASKS
+
+    if (out / "adapter").is_dir():
+        model.load_adapter(out / "adapter", set_active=True)
+    written = []
+    targets = [(task, split) for split in task.test_splits]
+    targets += [(t, s) for t in TASKS.values() if t.prediction_only and t.model_task == task.name
+                for s in t.test_splits]
+    for target, split in targets:
+        try:
+            examples = load_examples(args, target, split)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"no {target.name} {split} predictions: {e}", file=sys.stderr)
+            continue
+        predictions = evaluate(encode_examples(tokenizer, examples, args.max_seq_length), None)
+        path = write_submission(target, split, [e.guid for e in examples], predictions,
+                                out / "predictions")
+        written.append(str(path.relative_to(out)))
+    return written
+

@@ -1,0 +1,215 @@
+"""The training command end to end on tiny BERTs and GLUE-format files written by the tests."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adapter_bert.glue import compute_metrics, get_task
+from adapter_bert.testing import write_tiny_hf_checkpoint
+from adapter_bert.training import TrainingArgs, make_schedule, run
+from test_glue import DIRS, FORMATS, glue_rows, write_tsv
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "run_tf_adapter_bert.py"
+
+
+def write_glue_task(root: Path, task_name: str, n: int = 12) -> Path:
+    """GLUE-format train/dev/test files of one task under root/<DIR>/."""
+    for split, (file_name, header, *_rest) in FORMATS[task_name].items():
+        _, _, rows, _ = glue_rows(task_name, split, n=n)
+        write_tsv(root / DIRS[task_name] / file_name, header, rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny_bert")
+    write_tiny_hf_checkpoint(directory, seed=0, dropout=0.0)
+    return directory
+
+
+def _args(tmp_path, checkpoint, **overrides):
+    values = dict(task="mrpc", casing=str(checkpoint), data_dir=str(tmp_path / "glue"),
+                  adapter_config="seq_bn[reduction_factor=4]", batch_size=4, epochs=2,
+                  max_seq_length=32, learning_rate=1e-2, saved_models_dir=str(tmp_path / "out"),
+                  log_every=100)
+    values.update(overrides)
+    return TrainingArgs(**values)
+
+
+TASKS = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]
+
+
+@pytest.mark.parametrize("task_name", TASKS)
+def test_end_to_end_every_task_format(tmp_path, tiny_checkpoint, task_name):
+    write_glue_task(tmp_path / "glue", task_name)
+    if task_name == "mnli":
+        write_glue_task(tmp_path / "glue", "ax")
+    args = _args(tmp_path, tiny_checkpoint, task=task_name, data_dir=str(tmp_path / "glue"))
+    results = run(args)
+    out = tmp_path / "out" / task_name
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["task"] == task_name
+    for key in ("method", "adapter_config", "epochs", "best", "trainable_params", "total_params",
+                "train_examples_per_second", "wall_seconds", "versions"):
+        assert key in on_disk, key
+    assert [e["step"] for e in on_disk["epochs"]] == [3, 6]  # 12 examples / batch 4, 2 epochs
+    task = get_task(task_name)
+    assert set(on_disk["best"]["dev"]) == set(task.metrics)
+    assert 0 < on_disk["trainable_params"] < on_disk["total_params"]
+    assert sorted(p.name for p in (out / "adapter").iterdir()) == [
+        "adapter.safetensors", "adapter_config.json", "head.safetensors", "head_config.json"]
+    expected = {"mnli": ["AX.tsv", "MNLI-m.tsv", "MNLI-mm.tsv"]}.get(
+        task_name, [f"{ {'cola': 'CoLA', 'sst2': 'SST-2', 'stsb': 'STS-B'}.get(task_name, task_name.upper())}.tsv"])
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == expected
+    lines = (out / "predictions" / expected[0]).read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 13
+    assert results["best"] == on_disk["best"]
+    # Nothing half-written: no temporary files anywhere in the output.
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name or p.name.startswith(".")]
+
+
+def test_dev_metrics_recomputed_from_the_saved_adapter(tmp_path, tiny_checkpoint):
+    """results.json's best dev metrics equal scikit-learn on the saved adapter's predictions."""
+    from adapter_bert import AdapterBertModel, load_tokenizer
+    from adapter_bert.glue import encode_examples, make_dataset, read_glue_tsv, label_array
+
+    write_glue_task(tmp_path / "glue", "mrpc", n=16)
+    results = run(_args(tmp_path, tiny_checkpoint, epochs=1, predict_test=False))
+    model = AdapterBertModel.from_pretrained(tiny_checkpoint)
+    model.load_adapter(tmp_path / "out" / "mrpc" / "adapter", set_active=True)
+    examples = read_glue_tsv("mrpc", tmp_path / "glue", "dev")
+    encoded = encode_examples(load_tokenizer(tiny_checkpoint), examples, 32)
+    logits = np.concatenate([model(x).numpy() for x, _ in make_dataset(encoded, None, 8)])
+    labels = label_array("mrpc", examples)
+    from sklearn.metrics import accuracy_score, f1_score
+
+    assert results["best"]["dev"]["f1"] == pytest.approx(f1_score(labels, logits.argmax(-1)), abs=1e-6)
+    assert results["best"]["dev"]["accuracy"] == pytest.approx(
+        accuracy_score(labels, logits.argmax(-1)), abs=1e-6)
+    assert compute_metrics("mrpc", logits.argmax(-1), labels) == pytest.approx(results["best"]["dev"])
+
+
+def test_schedule_warms_up_and_decays():
+    schedule = make_schedule(2e-3, total_steps=100, warmup_steps=10)
+    values = [float(schedule(s)) for s in (0, 5, 10, 55, 100)]
+    assert values == pytest.approx([0.0, 1e-3, 2e-3, 1e-3, 0.0])
+
+
+def _cli(*flags, env=None, timeout=600):
+    full_env = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
+    return subprocess.run([sys.executable, str(SCRIPT), *flags], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=REPO)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--task", "nope"], "unknown task 'nope'"),
+    (["--adapter_config", "seq_bn[invalid_key=2]"], "bad --adapter_config"),
+    (["--adapter_config", "lora[r=8]|invalid_name"], "unknown adapter config 'invalid_name'"),
+    (["--batch_size", "-4"], "--batch_size must be a positive integer"),
+    (["--bottleneck_size", "0"], "--bottleneck_size must be a positive integer"),
+    (["--max_seq_length", "1000"], "max_seq_length 1000 is above"),
+    (["--data_dir", "/nonexistent/glue"], "/nonexistent/glue"),
+    (["--warmup_ratio", "1.5"], "--warmup_ratio must be in [0, 1)"),
+])
+def test_bad_input_exits_with_one_line_and_writes_nothing(tmp_path, tiny_checkpoint, flags, message):
+    write_glue_task(tmp_path / "glue", "mrpc")
+    base = ["--casing", str(tiny_checkpoint), "--data_dir", str(tmp_path / "glue"),
+            "--saved_models_dir", str(tmp_path / "out")]
+    result = _cli(*base, *flags, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_mirrored_two_cpus_matches_one_device(tmp_path, tiny_checkpoint):
+    """Same global batch on 1 device and on 2 logical CPUs: same trained weights."""
+    from safetensors.numpy import load_file
+
+    write_glue_task(tmp_path / "glue", "sst2", n=16)
+    weights = {}
+    for strategy in ("default", "mirrored"):
+        code = (
+            "import tensorflow as tf\n"
+            "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+            "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+            "from adapter_bert.training import TrainingArgs, run\n"
+            f"r = run(TrainingArgs(task='sst2', casing={str(tiny_checkpoint)!r}, "
+            f"data_dir={str(tmp_path / 'glue')!r}, adapter_config='lora[r=4]', batch_size=8, "
+            f"epochs=2, max_seq_length=32, learning_rate=1e-2, strategy={strategy!r}, "
+            f"saved_models_dir={str(tmp_path / strategy)!r}, eval_every=1000, predict_test=False))\n"
+            "print('REPLICAS', r['replicas'])\n")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=600, cwd=REPO)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"REPLICAS {2 if strategy == 'mirrored' else 1}" in result.stdout
+        weights[strategy] = load_file(str(tmp_path / strategy / "sst2" / "adapter" / "adapter.safetensors"))
+    for name, value in weights["default"].items():
+        np.testing.assert_allclose(weights["mirrored"][name], value, atol=1e-5, err_msg=name)
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL mid-training, rerun the same command: the adapter equals an uninterrupted run's."""
+    from safetensors.numpy import load_file
+
+    checkpoint = tmp_path / "ckpt"
+    write_tiny_hf_checkpoint(checkpoint, seed=0, dropout=0.1)  # dropout on: its RNG must resume too
+    write_glue_task(tmp_path / "glue", "rte", n=40)
+
+    def flags(out):
+        return ["--casing", str(checkpoint), "--task", "rte", "--data_dir", str(tmp_path / "glue"),
+                "--adapter_config", "double_seq_bn[reduction_factor=4]", "--batch_size", "4",
+                "--epochs", "3", "--max_seq_length", "32", "--learning_rate", "5e-3",
+                "--checkpoint_every", "2", "--saved_models_dir", str(out), "--predict_test=false"]
+
+    reference = _cli(*flags(tmp_path / "whole"))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    process = subprocess.Popen([sys.executable, str(SCRIPT), *flags(tmp_path / "killed")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
+    checkpoints = tmp_path / "killed" / "rte" / "checkpoints"
+    kill_after = int(np.random.default_rng(int(time.time())).integers(2, 12)) * 2  # a random step
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        steps = [int(p.name.split("-")[1].split(".")[0]) for p in checkpoints.glob("ckpt-*.index")]
+        if steps and max(steps) >= kill_after:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    resumed = _cli(*flags(tmp_path / "killed"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    a = load_file(str(tmp_path / "whole" / "rte" / "adapter" / "adapter.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "rte" / "adapter" / "adapter.safetensors"))
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], atol=1e-6, err_msg=name)
+    whole = json.loads((tmp_path / "whole" / "rte" / "results.json").read_text())
+    again = json.loads((tmp_path / "killed" / "rte" / "results.json").read_text())
+    assert again["epochs"] == whole["epochs"] and again["best"] == whole["best"]
+
+
+def test_rerun_with_other_flags_is_refused(tmp_path, tiny_checkpoint):
+    write_glue_task(tmp_path / "glue", "mrpc")
+    run(_args(tmp_path, tiny_checkpoint, max_steps=2, predict_test=False))
+    with pytest.raises(ValueError, match="holds a run with other arguments \\(learning_rate differ\\)"):
+        run(_args(tmp_path, tiny_checkpoint, max_steps=2, predict_test=False, learning_rate=0.5))
+
+
+def test_tfds_path_with_mock_data(tmp_path, tiny_checkpoint):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=12):
+        results = run(_args(tmp_path, tiny_checkpoint, task="sst2", data_dir=None, epochs=1,
+                            predict_test=False))
+    assert results["epochs"][-1]["step"] == 3 and "accuracy" in results["best"]["dev"]
