@@ -9,6 +9,7 @@
 Every flag is checked before anything is written; a bad one exits with status 2 and one line.
 """
 
+import dataclasses
 import os
 import sys
 
@@ -42,47 +43,54 @@ flags.DEFINE_integer("max_steps", None, "Stop after this many steps (quick runs)
 flags.DEFINE_integer("max_train_examples", None, "Use a fixed random subset of the training set.")
 flags.DEFINE_integer("eval_every", None, "Evaluate on dev every N steps (default: each epoch).")
 flags.DEFINE_integer("checkpoint_every", None, "Checkpoint every N steps (default: each evaluation).")
+flags.DEFINE_integer("keep_checkpoints", 2, "How many checkpoints to keep.")
 flags.DEFINE_enum("strategy", "default", ["default", "one_device", "mirrored",
                                           "multi_worker_mirrored", "tpu"], "tf.distribute strategy.")
 flags.DEFINE_string("tpu", None, "TPU name or 'local' for --strategy tpu.")
+flags.DEFINE_list("worker_hosts", [], "host:port of every worker (multi_worker_mirrored without TF_CONFIG).")
+flags.DEFINE_integer("task_index", None, "This worker's index in --worker_hosts.")
 flags.DEFINE_enum("mixed_precision", None, ["bf16", "fp16"], "Keras mixed-precision policy.")
 flags.DEFINE_enum("padding", "dynamic", ["dynamic", "max_length"],
                   "Pad each batch to its longest row, or every batch to max_seq_length.")
 flags.DEFINE_list("bucket_boundaries", [], "Length buckets, e.g. 32,64,128 (dynamic padding).")
 flags.DEFINE_string("saved_models_dir", "saved_models", "Output root; results go to <dir>/<task>/.")
 flags.DEFINE_bool("predict_test", True, "Write GLUE test-set predictions with the best adapter.")
+flags.DEFINE_bool("export", True, "Write the best adapter as a SavedModel to <dir>/<task>/export/<version>/.")
+flags.DEFINE_bool("export_only", False, "Only export the adapter trained earlier in the output directory.")
+flags.DEFINE_bool("merge_for_serving", False, "Merge LoRA / (IA)^3 into the base in the SavedModel.")
 flags.DEFINE_integer("log_every", 20, "Progress line every N steps.")
 flags.DEFINE_bool("overwrite", False, "Delete a previous run in the output directory first.")
+
+
+def args_from_flags(values=FLAGS):
+    """The parsed flags as `TrainingArgs` (raises ValueError for malformed bucket boundaries)."""
+    from adapter_bert.training import TrainingArgs
+
+    try:
+        buckets = tuple(int(b) for b in values.bucket_boundaries)
+    except ValueError:
+        raise ValueError(f"--bucket_boundaries must be integers, got {values.bucket_boundaries}") from None
+    names = [f.name for f in dataclasses.fields(TrainingArgs)
+             if f.name not in ("bucket_boundaries", "worker_hosts")]
+    return TrainingArgs(bucket_boundaries=buckets, worker_hosts=tuple(values.worker_hosts),
+                        **{name: values[name].value for name in names})
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from adapter_bert.training import TrainingArgs, run
+    from adapter_bert.training import run
 
     try:
-        buckets = tuple(int(b) for b in FLAGS.bucket_boundaries)
-    except ValueError:
-        sys.exit(f"error: --bucket_boundaries must be integers, got {FLAGS.bucket_boundaries}")
-    args = TrainingArgs(
-        task=FLAGS.task, casing=FLAGS.casing, data_dir=FLAGS.data_dir,
-        adapter_config=FLAGS.adapter_config, method=FLAGS.method,
-        bottleneck_size=FLAGS.bottleneck_size, non_linearity=FLAGS.non_linearity,
-        pooling=FLAGS.pooling, batch_size=FLAGS.batch_size, eval_batch_size=FLAGS.eval_batch_size,
-        epochs=FLAGS.epochs, max_seq_length=FLAGS.max_seq_length,
-        learning_rate=FLAGS.learning_rate, warmup_ratio=FLAGS.warmup_ratio,
-        weight_decay=FLAGS.weight_decay, max_grad_norm=FLAGS.max_grad_norm, seed=FLAGS.seed,
-        max_steps=FLAGS.max_steps, max_train_examples=FLAGS.max_train_examples,
-        eval_every=FLAGS.eval_every, checkpoint_every=FLAGS.checkpoint_every,
-        strategy=FLAGS.strategy, tpu=FLAGS.tpu, mixed_precision=FLAGS.mixed_precision,
-        padding=FLAGS.padding, bucket_boundaries=buckets, saved_models_dir=FLAGS.saved_models_dir,
-        predict_test=FLAGS.predict_test, log_every=FLAGS.log_every, overwrite=FLAGS.overwrite)
-    try:
+        args = args_from_flags()
         results = run(args)
     except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
         message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+    if args.export_only:
+        print(f"SavedModel: {args.output_dir / results['export']}")
+        return
     best = results["best"]
     print(f"best dev ({results['main_metric']}) at step {best['step']}: "
           + ", ".join(f"{k} {v:.4f}" for k, v in best["dev"].items()))

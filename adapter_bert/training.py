@@ -30,6 +30,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,11 +70,16 @@ class TrainingArgs:
     keep_checkpoints: int = 2
     strategy: str = "default"
     tpu: str | None = None
+    worker_hosts: tuple = ()
+    task_index: int | None = None
     mixed_precision: str | None = None
     padding: str = "dynamic"
     bucket_boundaries: tuple = ()
     saved_models_dir: str = "saved_models"
     predict_test: bool = True
+    export: bool = True
+    export_only: bool = False
+    merge_for_serving: bool = False
     log_every: int = 20
     overwrite: bool = False
 
@@ -86,7 +92,8 @@ class TrainingArgs:
     def resume_key(self) -> dict:
         """The arguments that must match for a rerun to resume a killed run."""
         keep_out = {"saved_models_dir", "log_every", "overwrite", "predict_test", "keep_checkpoints",
-                    "strategy", "tpu"}
+                    "strategy", "tpu", "export", "export_only", "merge_for_serving",
+                    "worker_hosts", "task_index"}
         values = {k: v for k, v in dataclasses.asdict(self).items() if k not in keep_out}
         values["bucket_boundaries"] = list(self.bucket_boundaries)
         return values
@@ -124,6 +131,13 @@ def validate_args(args: TrainingArgs) -> None:
         raise ValueError(f"--mixed_precision must be bf16 or fp16, got {args.mixed_precision!r}")
     if args.method is not None and args.method not in PRESETS:
         raise ValueError(f"unknown --method {args.method!r}; known: {', '.join(PRESETS)}")
+    if args.worker_hosts or args.task_index is not None:
+        if args.strategy != "multi_worker_mirrored":
+            raise ValueError("--worker_hosts / --task_index need --strategy multi_worker_mirrored")
+        if not args.worker_hosts or args.task_index is None:
+            raise ValueError("give both --worker_hosts and --task_index (or TF_CONFIG alone)")
+        if not 0 <= args.task_index < len(args.worker_hosts):
+            raise ValueError(f"--task_index {args.task_index} is not in 0..{len(args.worker_hosts) - 1}")
     if args.pooling not in ("cls", "mean"):
         raise ValueError(f"--pooling must be cls or mean, got {args.pooling!r}")
     if args.padding not in ("dynamic", "max_length"):
@@ -135,14 +149,27 @@ def validate_args(args: TrainingArgs) -> None:
             AdapterConfig.load(args.adapter_config)
         except (TypeError, ValueError, FileNotFoundError) as e:
             raise ValueError(f"bad --adapter_config {args.adapter_config!r}: {e}") from None
+    if args.export_only:
+        if not (args.output_dir / "adapter" / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"--export_only needs a trained adapter in {args.output_dir / 'adapter'}")
+        return
     if args.data_dir is not None:
         for split in ("train", "dev"):
             find_tsv(task, args.data_dir, split)
 
 
-def make_strategy(name: str = "default", tpu: str | None = None):
-    """The `tf.distribute` strategy for `--strategy` (GPUs if any, else all logical CPUs)."""
+def make_strategy(name: str = "default", tpu: str | None = None, worker_hosts=(),
+                  task_index: int | None = None):
+    """The `tf.distribute` strategy for `--strategy` (GPUs if any, else all logical CPUs).
+
+    `multi_worker_mirrored` reads the cluster from `TF_CONFIG`, or builds it from `worker_hosts`
+    and `task_index` (`adapter_bert.launch` starts local workers that way).
+    """
     import tensorflow as tf
+
+    if worker_hosts:
+        os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": list(worker_hosts)},
+                                              "task": {"type": "worker", "index": task_index}})
 
     if name == "default":
         return tf.distribute.get_strategy()
@@ -183,6 +210,16 @@ def make_schedule(peak: float, total_steps: int, warmup_steps: int):
             return {"peak": peak, "total_steps": total_steps, "warmup_steps": warmup_steps}
 
     return _Schedule()
+
+
+def is_chief(strategy) -> bool:
+    """True in single-process runs and on the worker that writes files in a multi-worker run."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type == "chief" or (task_type == "worker" and task_id == 0
+                                    and "chief" not in resolver.cluster_spec().as_dict())
 
 
 def resolve_adapter_config(args: TrainingArgs, hidden_size: int) -> str:
@@ -247,6 +284,40 @@ def _prepare_output_dir(args: TrainingArgs) -> Path:
     return out
 
 
+def training_dataset(args: TrainingArgs, encoded, labels, epoch: int, static_shapes: bool):
+    """The shuffled training batches of one epoch (the order depends only on seed and epoch).
+
+    With `static_shapes` (TPUs compile one program per input shape) the last partial batch is
+    dropped and every batch is padded to a fixed length: the bucket boundary of its bucket with
+    `--bucket_boundaries`, else `--max_seq_length`.
+
+    Example:
+    >>> from adapter_bert.glue.data import EncodedExamples
+    >>> encoded = EncodedExamples.from_rows([[2, 5, 3]] * 10, [[0, 0, 0]] * 10)
+    >>> ds = training_dataset(TrainingArgs(batch_size=4, max_seq_length=16), encoded, [0] * 10, 0, True)
+    >>> [tuple(x["input_ids"].shape) for x, _ in ds]
+    [(4, 16), (4, 16)]
+    """
+    from adapter_bert.glue.data import make_dataset
+
+    buckets = list(args.bucket_boundaries) or None
+    padding = "max_length" if static_shapes and not buckets else args.padding
+    dataset = make_dataset(encoded, labels, args.batch_size, shuffle=True, seed=args.seed + epoch,
+                           drop_remainder=static_shapes, padding=padding,
+                           max_seq_length=args.max_seq_length, bucket_boundaries=buckets,
+                           pad_to_bucket_boundary=static_shapes and bool(buckets))
+    if static_shapes:
+        import tensorflow as tf
+
+        def fix_batch(inputs, labels):
+            # Bucketing leaves the batch dimension unknown in the spec; every batch is full here.
+            inputs = {k: tf.ensure_shape(v, [args.batch_size, None]) for k, v in inputs.items()}
+            return inputs, tf.ensure_shape(labels, [args.batch_size])
+
+        dataset = dataset.map(fix_batch)
+    return dataset
+
+
 def load_examples(args: TrainingArgs, task, split: str):
     from adapter_bert.glue.data import read_glue_tsv, read_tfds_examples
 
@@ -265,12 +336,13 @@ def run(args: TrainingArgs) -> dict:
         keras.mixed_precision.set_global_policy(
             {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[args.mixed_precision])
     try:
-        return _run(args)
+        return export_only(args) if args.export_only else train(args)[0]
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _run(args: TrainingArgs) -> dict:
+def train(args: TrainingArgs):
+    """Like `run` (without the argument check and precision policy): returns `(results, model)`."""
     import keras
     import tensorflow as tf
 
@@ -289,14 +361,15 @@ def _run(args: TrainingArgs) -> dict:
         order = np.random.default_rng(args.seed).permutation(len(train_examples))
         train_examples = [train_examples[i] for i in sorted(order[:args.max_train_examples])]
     dev_examples = load_examples(args, task, "dev")
-    out = _prepare_output_dir(args)
+    strategy = make_strategy(args.strategy, args.tpu, args.worker_hosts, args.task_index)
+    chief = is_chief(strategy)
+    out = _prepare_output_dir(args) if chief else args.output_dir
 
     train_encoded = encode_examples(tokenizer, train_examples, args.max_seq_length)
     train_labels = label_array(task, train_examples)
     dev_encoded = encode_examples(tokenizer, dev_examples, args.max_seq_length)
     dev_labels = label_array(task, dev_examples)
 
-    strategy = make_strategy(args.strategy, args.tpu)
     replicas = strategy.num_replicas_in_sync
     static_shapes = args.strategy == "tpu"
     steps_per_epoch = num_batches(len(train_examples), args.batch_size, drop_remainder=static_shapes)
@@ -327,21 +400,23 @@ def _run(args: TrainingArgs) -> dict:
         # Slots only for the adapter and head: the frozen base gets no optimizer state.
         optimizer.build(trainable)
         seeds = [v for v in model.variables if "seed_generator_state" in v.path]
-        state = {"history": tf.Variable("[]", dtype=tf.string, trainable=False),
-                 "best": tf.Variable("null", dtype=tf.string, trainable=False),
-                 "step": tf.Variable(0, dtype=tf.int64, trainable=False),
-                 "train_seconds": tf.Variable(0.0, dtype=tf.float64, trainable=False),
-                 "train_examples": tf.Variable(0, dtype=tf.int64, trainable=False)}
+    # Host-side bookkeeping, outside the strategy scope: collective ops cannot mirror strings.
+    state = {"history": tf.Variable("[]", dtype=tf.string, trainable=False),
+             "best": tf.Variable("null", dtype=tf.string, trainable=False),
+             "step": tf.Variable(0, dtype=tf.int64, trainable=False),
+             "train_seconds": tf.Variable(0.0, dtype=tf.float64, trainable=False),
+             "train_examples": tf.Variable(0, dtype=tf.int64, trainable=False)}
     head = model.heads[task.name]
     checkpoint = tf.train.Checkpoint(
         trainable={f"v{i}": v for i, v in enumerate(trainable)}, optimizer=optimizer,
         seeds={f"s{i}": v for i, v in enumerate(seeds)}, **state)
-    manager = tf.train.CheckpointManager(checkpoint, str(out / "checkpoints"),
-                                         max_to_keep=args.keep_checkpoints)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        print(f"resuming from {manager.latest_checkpoint} at step {int(state['step'].numpy())}",
-              file=sys.stderr)
+    # Every worker takes part in saving (as tf.distribute requires); only the chief's copy is kept.
+    worker_dir = out / "checkpoints" if chief else Path(tempfile.mkdtemp(prefix="adapter_bert_worker_"))
+    manager = tf.train.CheckpointManager(checkpoint, str(worker_dir), max_to_keep=args.keep_checkpoints)
+    latest = tf.train.latest_checkpoint(str(out / "checkpoints"))
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        print(f"resuming from {latest} at step {int(state['step'].numpy())}", file=sys.stderr)
     global_batch = args.batch_size
 
     def train_step(inputs, labels):
@@ -380,26 +455,26 @@ def _run(args: TrainingArgs) -> dict:
 
     from adapter_bert.glue.metrics import compute_metrics
 
-    writer = tf.summary.create_file_writer(str(out / "logs"))
-    progress = _Progress(total_steps, args.log_every)
+    writer = (tf.summary.create_file_writer(str(out / "logs")) if chief
+              else tf.summary.create_noop_writer())
+    progress = _Progress(total_steps, args.log_every, stream=sys.stderr if chief else open(os.devnull, "w"))
     step = int(state["step"].numpy())
     progress.begin(step)
     compiled_step = None
+    best_weights = None  # non-chief workers keep the best epoch in memory (the chief saves it)
     history = json.loads(state["history"].numpy().decode())
     best = json.loads(state["best"].numpy().decode())
     while step < total_steps:
         epoch = step // steps_per_epoch
         skip = step - epoch * steps_per_epoch
-        dataset = make_dataset(train_encoded, train_labels, args.batch_size, shuffle=True,
-                               seed=args.seed + epoch, drop_remainder=static_shapes,
-                               padding=args.padding, max_seq_length=args.max_seq_length,
-                               bucket_boundaries=list(args.bucket_boundaries) or None,
-                               pad_to_bucket_boundary=static_shapes and bool(args.bucket_boundaries))
+        dataset = training_dataset(args, train_encoded, train_labels, epoch, static_shapes)
         dataset = dataset.skip(skip).take(total_steps - step)
         distributed = strategy.experimental_distribute_dataset(dataset)
         if compiled_step is None:
-            # One trace for every batch shape: dynamic padding varies the sequence length.
-            compiled_step = tf.function(distributed_step, input_signature=distributed.element_spec)
+            # Dynamic padding: one trace for every sequence length. Static shapes (TPU): one
+            # trace, and one compiled program, per bucket length.
+            compiled_step = tf.function(
+                distributed_step, input_signature=None if static_shapes else distributed.element_spec)
         for inputs, labels in distributed:
             started = time.perf_counter()
             loss = float(compiled_step(inputs, labels))
@@ -424,7 +499,10 @@ def _run(args: TrainingArgs) -> dict:
                         tf.summary.scalar(f"dev/{k}", v)
                 if best is None or metrics[task.main_metric] > best["dev"][task.main_metric]:
                     best = entry
-                    model.save_adapter(out / "adapter", task.name)
+                    if chief:
+                        model.save_adapter(out / "adapter", task.name)
+                    else:
+                        best_weights = {k: v.numpy().copy() for k, v in _adapter_and_head(model, task.name).items()}
                 state["history"].assign(json.dumps(history))
                 state["best"].assign(json.dumps(best))
             if step % checkpoint_every == 0 or end_of_epoch:
@@ -444,20 +522,61 @@ def _run(args: TrainingArgs) -> dict:
         "wall_seconds": time.perf_counter() - wall_start, "versions": _versions(),
         "args": dataclasses.asdict(args),
     }
+    if not chief:
+        shutil.rmtree(worker_dir, ignore_errors=True)
+        if best_weights is not None:
+            for key, variable in _adapter_and_head(model, task.name).items():
+                variable.assign(best_weights[key])
+        return results, model
+    if (out / "adapter").is_dir():
+        model.load_adapter(out / "adapter", set_active=True)  # the best epoch, not the last
     if args.predict_test:
         results["predictions"] = _predict_test_sets(args, task, model, tokenizer, out, evaluate)
+    if args.export:
+        results["export"] = str(_export(args, task, model, tokenizer, out).relative_to(out))
     write_json(out / "results.json", results)
-    return results
+    return results, model
+
+
+def _adapter_and_head(model, name: str) -> dict:
+    """The adapter's and head's variables by stable name (what save_adapter writes)."""
+    from adapter_bert.methods.base import named_variables
+
+    variables = dict(model.adapter_modules[name].named_variables())
+    variables.update({f"head.{k}": v for k, v in named_variables(model.heads[name]).items()})
+    return variables
+
+
+def _export(args, task, model, tokenizer, out: Path) -> Path:
+    """The active (best) adapter as a SavedModel in `<out>/export/<version>/` (TF Serving's layout)."""
+    from adapter_bert.export import export_saved_model
+
+    path = export_saved_model(model, out / "export", task.name, tokenizer,
+                              max_seq_length=args.max_seq_length,
+                              pair_tasks=[task.name] if task.text_b else [],
+                              merge=args.merge_for_serving)
+    print(f"SavedModel: {path}", file=sys.stderr)
+    return path
+
+
+def export_only(args: TrainingArgs) -> dict:
+    """`--export_only`: the SavedModel of an adapter trained earlier, without training."""
+    from adapter_bert import AdapterBertModel, load_tokenizer
+    from adapter_bert.glue.tasks import get_task
+
+    task, out = get_task(args.task), args.output_dir
+    model = AdapterBertModel.from_pretrained(args.casing)
+    model.load_adapter(out / "adapter", set_active=True)
+    path = _export(args, task, model, load_tokenizer(args.casing), out)
+    return {"task": task.name, "export": str(path.relative_to(out))}
 
 
 def _predict_test_sets(args, task, model, tokenizer, out: Path, evaluate) -> list[str]:
-    """GLUE test predictions of the best adapter, in the benchmark's submission format."""
+    """GLUE test predictions of the active (best) adapter, in the benchmark's submission format."""
     from adapter_bert.glue.data import encode_examples
     from adapter_bert.glue.submission import write_submission
     from adapter_bert.glue.tasks import TASKS
 
-    if (out / "adapter").is_dir():
-        model.load_adapter(out / "adapter", set_active=True)
     written = []
     targets = [(task, split) for split in task.test_splits]
     targets += [(t, s) for t in TASKS.values() if t.prediction_only and t.model_task == task.name

@@ -1,0 +1,169 @@
+"""SavedModels for TF Serving: one task or several tasks over one shared base.
+
+Layout: `<export_dir>/<version>/` (saved_model.pb, variables/, assets/), the layout TF Serving's
+`--model_base_path=<export_dir>` expects; versions are increasing integers.
+
+Signatures of a single-task export:
+  serving_default  input_ids, attention_mask, token_type_ids (int32 [batch, seq])
+                   -> logits, probabilities, label (class id), or score for regression (STS-B)
+  serve_text       text_a (and text_b for sentence-pair tasks), string [batch] -> the same,
+                   tokenizing in the graph (needs the tensorflow_text ops to load)
+
+A multi-task export has, per task, `<task>` and `<task>_text`; `serving_default` is the first
+task's id signature. Each signature is traced with its own adapter active, so the base's weights
+are stored once and every task adds only its adapter and head.
+
+LoRA / (IA)^3 adapters can be merged into the base for a single-task export (`merge=True`): the
+served model then costs exactly what the base costs.
+
+Example:
+>>> import tempfile
+>>> from adapter_bert import AdapterBertModel
+>>> from adapter_bert.testing import tiny_bert_config
+>>> model = AdapterBertModel.from_config(tiny_bert_config())
+>>> model.add_adapter("sst2", config="lora"); model.add_classification_head("sst2")
+>>> export_saved_model(model, tempfile.mkdtemp(), "sst2").name
+'1'
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def next_version(export_dir: str | os.PathLike) -> int:
+    """1 + the highest integer-named subdirectory (TF Serving serves the highest)."""
+    export_dir = Path(export_dir)
+    versions = [int(p.name) for p in export_dir.iterdir() if p.is_dir() and p.name.isdigit()] \
+        if export_dir.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def _outputs(head, logits):
+    import tensorflow as tf
+
+    if head.problem_type == "regression":
+        return {"score": tf.squeeze(logits, -1)}
+    return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1),
+            "label": tf.argmax(logits, axis=-1, output_type=tf.int32)}
+
+
+def export_saved_model(model, export_dir: str | os.PathLike, tasks, tokenizer=None,
+                       max_seq_length: int = 128, pair_tasks=None, merge: bool = False,
+                       version: int | None = None) -> Path:
+    """Writes a SavedModel of `tasks` (adapter + head of each name) to `<export_dir>/<version>/`.
+
+    Args:
+        model: an `AdapterBertModel` holding an adapter and a head named after each task.
+        export_dir: the model base path; the version directory is created inside it.
+        tasks: a task name or a list of names.
+        tokenizer: a `BertTokenizer`; without it the text signatures are left out.
+        max_seq_length: longest tokenized input of the text signatures.
+        pair_tasks: names of tasks whose text signature takes two strings; default: tasks whose
+            GLUE registry entry has a second text column, else none.
+        merge: merge LoRA / (IA)^3 adapters into the base (single task only); the model is reset
+            afterwards.
+        version: the version number; default `next_version(export_dir)`.
+
+    Returns:
+        The version directory written.
+    """
+    import keras
+    import tensorflow as tf
+
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    if not tasks:
+        raise ValueError("export_saved_model needs at least one task")
+    for task in tasks:
+        model._adapter(task)
+        if task not in model.heads:
+            raise KeyError(f"no head named {task!r} to export")
+    if merge and len(tasks) > 1:
+        raise ValueError("merge=True merges one adapter into the shared base; export one task")
+    if pair_tasks is None:
+        pair_tasks = [t for t in tasks if _is_pair_task(t)]
+    export_dir = Path(export_dir)
+    version = version if version is not None else next_version(export_dir)
+    target = export_dir / str(version)
+    if target.exists():
+        raise FileExistsError(f"export version {target} exists already")
+
+    active, head_before = model.active_adapters, model.active_head
+    merged = merge and any(m.mergeable for m in model._adapter(tasks[0]).methods)
+    if merged:
+        model.merge_adapter(tasks[0])
+    spec = tf.TensorSpec([None, None], tf.int32)
+    archive = keras.export.ExportArchive()
+    # Layers are not passed to archive.track(): the endpoints' own variables are saved anyway,
+    # and tracking the Keras layers as well would store every weight a second time (the Keras
+    # variable and the tf.Variable inside it), doubling the SavedModel.
+    in_graph = tokenizer.in_graph(max_seq_length) if tokenizer is not None else None
+    if in_graph is not None:
+        archive.track(in_graph)
+    try:
+        for index, task in enumerate(tasks):
+            forward = _id_signature(model, task)
+            ids_name = "serving_default" if index == 0 and len(tasks) == 1 else task
+            archive.add_endpoint(ids_name, forward, input_signature=[spec, spec, spec])
+            if index == 0 and len(tasks) > 1:
+                archive.add_endpoint("serving_default", forward, input_signature=[spec, spec, spec])
+            if in_graph is None:
+                continue
+            text_name = "serve_text" if len(tasks) == 1 else f"{task}_text"
+            string = tf.TensorSpec([None], tf.string)
+            pair = task in pair_tasks
+            archive.add_endpoint(text_name, _text_signature(in_graph, forward, pair),
+                                 input_signature=[string, string] if pair else [string])
+        export_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=export_dir))
+        try:
+            archive.write_out(str(tmp), verbose=False)
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    finally:
+        if merged:
+            model.reset_adapter(tasks[0])
+        model.set_active_adapters(active)
+        model.active_head = head_before
+    return target
+
+
+def _id_signature(model, task):
+    """The id-input serving function of one task (a closure: no extra traced arguments)."""
+
+    def forward(input_ids, attention_mask, token_type_ids):
+        # Runs at trace time: this signature's graph gets this task's hooks.
+        model.set_active_adapters(task)
+        model.active_head = task
+        logits = model({"input_ids": input_ids, "attention_mask": attention_mask,
+                        "token_type_ids": token_type_ids}, training=False)
+        return _outputs(model.heads[task], logits)
+
+    return forward
+
+
+def _text_signature(in_graph, forward, pair: bool):
+    """The raw-text serving function: in-graph tokenizer, then the id function."""
+
+    def features_forward(features):
+        return forward(features["input_ids"], features["attention_mask"], features["token_type_ids"])
+
+    if pair:
+        def text_forward(text_a, text_b):
+            return features_forward(in_graph(text_a, text_b))
+    else:
+        def text_forward(text_a):
+            return features_forward(in_graph(text_a))
+    return text_forward
+
+
+def _is_pair_task(name: str) -> bool:
+    from adapter_bert.glue.tasks import TASKS
+
+    task = TASKS.get(name)
+    return task is not None and task.text_b is not None
