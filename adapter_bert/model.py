@@ -17,7 +17,7 @@ Example:
 >>> tuple(model(random_inputs()).shape)
 (3, 2)
 >>> print(model.adapter_summary().splitlines()[-1])
-trainable params: 2,306 || all params: 30,594 || trainable%: 7.5374
+trainable params: 2,274 || all params: 23,618 || trainable%: 9.6282
 """
 
 from __future__ import annotations

@@ -92,11 +92,18 @@ TRAINABLE = ["seq_bn", "double_seq_bn[task_layer_norm=True, init_weights='houlsb
 def _train(model, inputs, labels, steps=20, learning_rate=1e-2):
     optimizer = keras.optimizers.Adam(learning_rate)
     head = model.heads[model.active_head]
-    for _ in range(steps):
+    weights = model.trainable_weights
+    optimizer.build(weights)
+
+    @tf.function  # traced per call: the active adapter's hooks are fixed at trace time
+    def step(inputs, labels):
         with tf.GradientTape() as tape:
             loss = head.loss(labels, model(inputs, training=True))
-        grads = tape.gradient(loss, model.trainable_weights)
-        optimizer.apply_gradients(zip(grads, model.trainable_weights))
+        optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
+        return loss
+
+    for _ in range(steps):
+        loss = step(inputs, labels)
     return float(loss)
 
 

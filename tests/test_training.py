@@ -1,5 +1,6 @@
 """The training command end to end on tiny BERTs and GLUE-format files written by the tests."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -39,7 +40,7 @@ def _args(tmp_path, checkpoint, **overrides):
     values = dict(task="mrpc", casing=str(checkpoint), data_dir=str(tmp_path / "glue"),
                   adapter_config="seq_bn[reduction_factor=4]", batch_size=4, epochs=2,
                   max_seq_length=32, learning_rate=1e-2, saved_models_dir=str(tmp_path / "out"),
-                  log_every=100)
+                  log_every=100, export=False)
     values.update(overrides)
     return TrainingArgs(**values)
 
@@ -52,7 +53,8 @@ def test_end_to_end_every_task_format(tmp_path, tiny_checkpoint, task_name):
     write_glue_task(tmp_path / "glue", task_name)
     if task_name == "mnli":
         write_glue_task(tmp_path / "glue", "ax")
-    args = _args(tmp_path, tiny_checkpoint, task=task_name, data_dir=str(tmp_path / "glue"))
+    args = _args(tmp_path, tiny_checkpoint, task=task_name, data_dir=str(tmp_path / "glue"),
+                 export=task_name in ("mrpc", "stsb"))
     results = run(args)
     out = tmp_path / "out" / task_name
     on_disk = json.loads((out / "results.json").read_text())
@@ -72,6 +74,11 @@ def test_end_to_end_every_task_format(tmp_path, tiny_checkpoint, task_name):
     lines = (out / "predictions" / expected[0]).read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 13
     assert results["best"] == on_disk["best"]
+    if args.export:
+        assert on_disk["export"] == "export/1"
+        assert (out / "export" / "1" / "saved_model.pb").is_file()
+        again = run(dataclasses.replace(args, export_only=True))
+        assert again["export"] == "export/2"
     # Nothing half-written: no temporary files anywhere in the output.
     assert not [p for p in out.rglob("*") if ".tmp" in p.name or p.name.startswith(".")]
 
@@ -213,3 +220,59 @@ def test_tfds_path_with_mock_data(tmp_path, tiny_checkpoint):
         results = run(_args(tmp_path, tiny_checkpoint, task="sst2", data_dir=None, epochs=1,
                             predict_test=False))
     assert results["epochs"][-1]["step"] == 3 and "accuracy" in results["best"]["dev"]
+
+
+FLAGFILES = sorted((REPO / "flags").rglob("*.flags"))
+
+
+def test_every_flagfile_parses_into_valid_arguments():
+    """Each task and method flagfile names only real flags with valid values."""
+    import importlib.util
+
+    from absl import flags
+
+    from adapter_bert.training import validate_args
+
+    spec = importlib.util.spec_from_file_location("run_tf_adapter_bert", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert len(FLAGFILES) >= 9 + 8 + 1
+    for path in FLAGFILES:
+        flags.FLAGS.unparse_flags()
+        extra = [] if path.parent.name == "flags" else ["--flagfile", str(REPO / "flags" / "mrpc.flags")]
+        flags.FLAGS(["prog", *extra, "--flagfile", str(path)])
+        args = script.args_from_flags(flags.FLAGS)
+        validate_args(args)  # no --data_dir: the TFDS source, not read here
+    flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs_and_restores_the_policy(tmp_path, tiny_checkpoint, precision):
+    import keras
+
+    write_glue_task(tmp_path / "glue", "mrpc")
+    results = run(_args(tmp_path, tiny_checkpoint, mixed_precision=precision, epochs=1,
+                        max_grad_norm=1.0, predict_test=False))
+    assert np.isfinite(results["best"]["dev"]["f1"])
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_tpu_input_pipeline_has_static_shapes():
+    """What --strategy tpu feeds the loop: full batches, each padded to a fixed length."""
+    from adapter_bert.glue.data import EncodedExamples
+    from adapter_bert.training import training_dataset
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 60, 50)
+    encoded = EncodedExamples.from_rows([np.arange(n) + 1 for n in lengths])
+    labels = rng.integers(0, 2, 50)
+    fixed = training_dataset(TrainingArgs(batch_size=8, max_seq_length=64), encoded, labels, 0, True)
+    assert fixed.element_spec[0]["input_ids"].shape.as_list() == [8, 64]
+    assert sum(1 for _ in fixed) == 50 // 8  # the partial batch is dropped
+    bucketed = training_dataset(TrainingArgs(batch_size=8, max_seq_length=64,
+                                             bucket_boundaries=(16, 32, 64)), encoded, labels, 1, True)
+    shapes = [tuple(x["input_ids"].shape) for x, _ in bucketed]
+    assert shapes and all(b == 8 and s in (16, 32, 64) for b, s in shapes)
+    assert bucketed.element_spec[0]["input_ids"].shape[0] == 8
+    dynamic = training_dataset(TrainingArgs(batch_size=8, max_seq_length=64), encoded, labels, 0, False)
+    assert dynamic.element_spec[0]["input_ids"].shape.as_list() == [None, None]
