@@ -22,6 +22,7 @@ trainable params: 2,274 || all params: 23,618 || trainable%: 9.6282
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -278,25 +279,30 @@ class AdapterBertModel(keras.Model):
             raise TypeError(f"adapter {name!r} has no LoRA or (IA)^3 part to merge")
         return methods
 
+    @contextlib.contextmanager
+    def _adapters_detached(self):
+        """Runs a block with no adapter attached, then re-activates the one that was active."""
+        active = self._active_adapter
+        self.set_active_adapters(None)
+        try:
+            yield
+        finally:
+            if active is not None:
+                self.set_active_adapters(active)
+
     def merge_adapter(self, name: str) -> None:
         """Folds LoRA / (IA)^3 adapter `name` into the base weights (no cost at inference)."""
         methods = self._mergeable_methods(name)
-        active = self._active_adapter
-        self.set_active_adapters(None)
-        for method in methods:
-            method.merge(self.bert)
-        if active is not None:
-            self.set_active_adapters(active)
+        with self._adapters_detached():
+            for method in methods:
+                method.merge(self.bert)
 
     def reset_adapter(self, name: str) -> None:
         """Undoes `merge_adapter`: the base weights are restored exactly."""
         methods = self._mergeable_methods(name)
-        active = self._active_adapter
-        self.set_active_adapters(None)
-        for method in methods:
-            method.reset(self.bert)
-        if active is not None:
-            self.set_active_adapters(active)
+        with self._adapters_detached():
+            for method in methods:
+                method.reset(self.bert)
 
     def eject_prefix_tuning(self, name: str) -> None:
         """Replaces prefix tuning's reparameterisation by its result: flat prefixes, same outputs."""
@@ -304,18 +310,15 @@ class AdapterBertModel(keras.Model):
         index = [i for i, m in enumerate(module.methods) if isinstance(m, PrefixTuningMethod)]
         if not index:
             raise TypeError(f"adapter {name!r} has no prefix tuning part")
-        active = self._active_adapter
-        self.set_active_adapters(None)
-        trainable = module.trainable
-        ejected = module.methods[index[0]].ejected()
-        module.methods.pop(index[0])
-        module.methods.insert(index[0], ejected)
-        members = list(module.config) if isinstance(module.config, ConfigUnion) else [module.config]
-        members[index[0]] = module.methods[index[0]].config
-        module.config = ConfigUnion(*members) if len(members) > 1 else members[0]
-        module.trainable = trainable
-        if active is not None:
-            self.set_active_adapters(active)
+        with self._adapters_detached():
+            trainable = module.trainable
+            ejected = module.methods[index[0]].ejected()
+            module.methods.pop(index[0])
+            module.methods.insert(index[0], ejected)
+            members = list(module.config) if isinstance(module.config, ConfigUnion) else [module.config]
+            members[index[0]] = ejected.config
+            module.config = ConfigUnion(*members) if len(members) > 1 else members[0]
+            module.trainable = trainable
 
     # --- heads -------------------------------------------------------------------------------------
 
