@@ -37,7 +37,7 @@ from adapter_bert.bert.encoder import BertEncoder
 from adapter_bert.configuration import AdapterConfig, ConfigUnion
 from adapter_bert.heads import ClassificationHead, RegressionHead
 from adapter_bert.io_utils import atomic_directory, read_json, recover_directory, write_json
-from adapter_bert.methods.base import AdapterMethod
+from adapter_bert.methods.base import AdapterMethod, named_variables
 from adapter_bert.methods.prefix import PrefixTuningMethod
 from adapter_bert.methods.registry import config_identifier, method_class_for
 
@@ -424,7 +424,7 @@ class AdapterBertModel(keras.Model):
                 write_json(tmp / HEAD_CONFIG_FILE, {"name": name, "head_class": type(head).__name__,
                                                     "config": head_config})
                 save_file({k: np.ascontiguousarray(v.numpy())
-                           for k, v in _named_head_variables(head).items()},
+                           for k, v in named_variables(head).items()},
                           str(tmp / HEAD_WEIGHTS_FILE))
 
     def load_adapter(self, directory: str | os.PathLike, load_as: str | None = None,
@@ -434,9 +434,6 @@ class AdapterBertModel(keras.Model):
         Raises a one-line error for a missing or corrupt file, or an adapter trained for a model
         of another size. Nothing is added to the model unless everything loads.
         """
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
         directory = Path(directory)
         recover_directory(directory)
         if not directory.is_dir():
@@ -452,12 +449,7 @@ class AdapterBertModel(keras.Model):
             raise ValueError(f"adapter in {directory} was trained for a base of another size: {diff}")
         name = load_as or meta["name"]
         _check_name(name, "adapter")
-        try:
-            weights = load_file(str(directory / ADAPTER_WEIGHTS_FILE))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{directory / ADAPTER_WEIGHTS_FILE} does not exist") from None
-        except (SafetensorError, OSError) as e:
-            raise ValueError(f"cannot read {directory / ADAPTER_WEIGHTS_FILE}: {e}") from None
+        weights = _read_weights(directory / ADAPTER_WEIGHTS_FILE)
         config = AdapterConfig.load(meta["config"])
         module = AdapterModule(name, config, self.bert.bert_config, dtype=self.bert.dtype_policy)
         head = None
@@ -481,9 +473,6 @@ class AdapterBertModel(keras.Model):
         return name
 
     def _read_head(self, directory: Path, name: str) -> ClassificationHead:
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
         meta = read_json(directory / HEAD_CONFIG_FILE, "head config")
         head_class = _HEAD_CLASSES.get(meta.get("head_class"))
         if head_class is None:
@@ -496,13 +485,8 @@ class AdapterBertModel(keras.Model):
             config.pop("num_labels", None)
             config.pop("problem_type", None)
         head = head_class(dtype=self.bert.dtype_policy, name=f"head_{name}", **config)
-        try:
-            weights = load_file(str(directory / HEAD_WEIGHTS_FILE))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{directory / HEAD_WEIGHTS_FILE} does not exist") from None
-        except (SafetensorError, OSError) as e:
-            raise ValueError(f"cannot read {directory / HEAD_WEIGHTS_FILE}: {e}") from None
-        _assign_named(_named_head_variables(head), weights, directory / HEAD_WEIGHTS_FILE)
+        weights = _read_weights(directory / HEAD_WEIGHTS_FILE)
+        _assign_named(named_variables(head), weights, directory / HEAD_WEIGHTS_FILE)
         return head
 
     # --- reporting ---------------------------------------------------------------------------------
@@ -540,10 +524,17 @@ class AdapterBertModel(keras.Model):
         return "\n".join(lines)
 
 
-def _named_head_variables(head: ClassificationHead) -> dict[str, keras.Variable]:
-    from adapter_bert.methods.base import named_variables
+def _read_weights(path: Path) -> dict[str, np.ndarray]:
+    """A safetensors file's tensors, with one-line errors for a missing or corrupt file."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
 
-    return named_variables(head)
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist") from None
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
 
 
 def _assign_named(variables: dict, weights: dict, source) -> None:
