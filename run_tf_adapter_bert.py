@@ -15,6 +15,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # see adapter_bert/__init__.py
 
 from absl import app, flags  # noqa: E402
 
@@ -40,7 +41,7 @@ flags.DEFINE_float("weight_decay", 0.0, "AdamW decoupled weight decay.")
 flags.DEFINE_float("max_grad_norm", None, "Clip gradients to this norm.")
 flags.DEFINE_integer("seed", 0, "Random seed (data order, init, dropout).")
 flags.DEFINE_integer("max_steps", None, "Stop after this many steps (quick runs).")
-flags.DEFINE_integer("max_train_examples", None, "Use a fixed random subset of the training set.")
+flags.DEFINE_integer("max_train_examples", None, "Use a fixed random subset of the training set (the same for every --seed).")
 flags.DEFINE_integer("eval_every", None, "Evaluate on dev every N steps (default: each epoch).")
 flags.DEFINE_integer("checkpoint_every", None, "Checkpoint every N steps (default: each evaluation).")
 flags.DEFINE_integer("keep_checkpoints", 2, "How many checkpoints to keep.")

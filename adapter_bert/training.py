@@ -318,6 +318,76 @@ def training_dataset(args: TrainingArgs, encoded, labels, epoch: int, static_sha
     return dataset
 
 
+def build_model(args: TrainingArgs, task):
+    """The pretrained base with the task's adapter and head added, active and trainable.
+
+    Call it inside the strategy's scope. The benchmarks build their models through it too.
+    """
+    from adapter_bert import AdapterBertModel
+
+    model = AdapterBertModel.from_pretrained(args.casing)
+    model.add_adapter(task.name, config=resolve_adapter_config(args, model.config.hidden_size))
+    if task.is_regression:
+        model.add_regression_head(task.name, pooling=args.pooling)
+    else:
+        model.add_classification_head(task.name, num_labels=task.num_labels, pooling=args.pooling,
+                                      id2label=dict(enumerate(task.labels)))
+    model.train_adapter(task.name)
+    return model
+
+
+def make_optimizer(args: TrainingArgs, total_steps: int):
+    """AdamW on the warmup-then-linear-decay schedule: returns `(schedule, optimizer)`."""
+    import keras
+
+    schedule = make_schedule(args.learning_rate, total_steps, int(round(args.warmup_ratio * total_steps)))
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay,
+                                       clipnorm=args.max_grad_norm)
+    if args.mixed_precision == "fp16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return schedule, optimizer
+
+
+def make_train_step(model, optimizer, trainable, is_regression: bool, global_batch: int):
+    """One optimisation step on one replica's batch: forward, loss, gradients, update.
+
+    The loss is summed over the replica's examples and divided by the *global* batch size, so that
+    the gradients summed across replicas equal one device's gradient on the whole batch. The
+    benchmarks in `bench/` call the same step, so their throughput is the training command's.
+
+    Example:
+    >>> import keras
+    >>> from adapter_bert import AdapterBertModel
+    >>> from adapter_bert.testing import random_inputs, tiny_encoder
+    >>> model = AdapterBertModel(tiny_encoder())
+    >>> model.add_adapter("t", config="lora")
+    >>> model.add_classification_head("t", num_labels=2)
+    >>> model.train_adapter("t")
+    >>> optimizer = keras.optimizers.AdamW(1e-3)
+    >>> step = make_train_step(model, optimizer, model.trainable_weights, False, 2)
+    >>> loss = step(random_inputs(batch=2, seq=8), np.array([0, 1], "int32"))
+    >>> bool(np.isfinite(float(loss)))
+    True
+    """
+    import keras
+    import tensorflow as tf
+
+    def train_step(inputs, labels):
+        with tf.GradientTape() as tape:
+            logits = model(inputs, training=True)
+            if is_regression:
+                per_example = tf.square(tf.squeeze(logits, -1) - tf.cast(labels, logits.dtype))
+            else:
+                per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            loss = tf.reduce_sum(per_example) / global_batch
+            scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
+        grads = tape.gradient(scaled, trainable)
+        optimizer.apply_gradients(zip(grads, trainable))
+        return loss
+
+    return train_step
+
+
 def load_examples(args: TrainingArgs, task, split: str):
     from adapter_bert.glue.data import read_glue_tsv, read_tfds_examples
 
@@ -346,7 +416,7 @@ def train(args: TrainingArgs):
     import keras
     import tensorflow as tf
 
-    from adapter_bert import AdapterBertModel, load_tokenizer
+    from adapter_bert import load_tokenizer
     from adapter_bert.glue.data import encode_examples, label_array, make_dataset, num_batches
     from adapter_bert.glue.tasks import get_task
 
@@ -358,7 +428,8 @@ def train(args: TrainingArgs):
                          f"{tokenizer.max_positions} positions")
     train_examples = load_examples(args, task, "train")
     if args.max_train_examples:
-        order = np.random.default_rng(args.seed).permutation(len(train_examples))
+        # The same subset for every --seed, so seeds differ only in initialisation and order.
+        order = np.random.default_rng(0).permutation(len(train_examples))
         train_examples = [train_examples[i] for i in sorted(order[:args.max_train_examples])]
     dev_examples = load_examples(args, task, "dev")
     strategy = make_strategy(args.strategy, args.tpu, args.worker_hosts, args.task_index)
@@ -381,21 +452,8 @@ def train(args: TrainingArgs):
 
     keras.utils.set_random_seed(args.seed)
     with strategy.scope():
-        model = AdapterBertModel.from_pretrained(args.casing)
-        config = resolve_adapter_config(args, model.config.hidden_size)
-        model.add_adapter(task.name, config=config)
-        if task.is_regression:
-            model.add_regression_head(task.name, pooling=args.pooling)
-        else:
-            model.add_classification_head(task.name, num_labels=task.num_labels, pooling=args.pooling,
-                                          id2label=dict(enumerate(task.labels)))
-        model.train_adapter(task.name)
-        schedule = make_schedule(args.learning_rate, total_steps,
-                                 int(round(args.warmup_ratio * total_steps)))
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay,
-                                           clipnorm=args.max_grad_norm)
-        if args.mixed_precision == "fp16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        model = build_model(args, task)
+        schedule, optimizer = make_optimizer(args, total_steps)
         trainable = model.trainable_weights
         # Slots only for the adapter and head: the frozen base gets no optimizer state.
         optimizer.build(trainable)
@@ -419,18 +477,7 @@ def train(args: TrainingArgs):
         print(f"resuming from {latest} at step {int(state['step'].numpy())}", file=sys.stderr)
     global_batch = args.batch_size
 
-    def train_step(inputs, labels):
-        with tf.GradientTape() as tape:
-            logits = model(inputs, training=True)
-            if task.is_regression:
-                per_example = tf.square(tf.squeeze(logits, -1) - tf.cast(labels, logits.dtype))
-            else:
-                per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-            loss = tf.reduce_sum(per_example) / global_batch
-            scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
-        grads = tape.gradient(scaled, trainable)
-        optimizer.apply_gradients(zip(grads, trainable))
-        return loss
+    train_step = make_train_step(model, optimizer, trainable, task.is_regression, global_batch)
 
     spec = tf.TensorSpec([None, None], tf.int32)
     label_spec = tf.TensorSpec([None], tf.float32 if task.is_regression else tf.int32)
