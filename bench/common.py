@@ -1,0 +1,92 @@
+"""What every benchmark shares: the machine and versions, the GLUE data, the result files.
+
+Benchmarks are scripts, not part of the package: run them from the repository root, e.g.
+`python bench/train_throughput.py`. Each prints the machine and versions beside its figures and
+writes them to a JSON file under its `--out` directory (and nowhere else).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import resource
+import sys
+from pathlib import Path
+
+# Before TensorFlow is imported anywhere: the same settings as the training command.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+GLUE_DIR = REPO.parent / "shared" / "data" / "glue"
+DATA_DIRS = {"mrpc": GLUE_DIR / "MRPC", "sst2": GLUE_DIR / "SST-2"}
+DEFAULT_OUT = Path("/tmp/adapter_bert_bench")
+# The methods issue 6 compares, in the order of the report's tables.
+METHODS = ("houlsby", "pfeiffer", "parallel", "lora", "ia3", "prefix", "bitfit", "full")
+# Learning rates of flags/methods/*.flags; Houlsby uses bottleneck 32 as in the paper's command.
+LEARNING_RATES = {"houlsby": 1e-3, "pfeiffer": 1e-3, "parallel": 1e-3, "lora": 5e-4, "ia3": 3e-3,
+                  "prefix": 5e-4, "bitfit": 1e-3, "full": 5e-5}
+BUCKETS = (32, 48, 64, 96, 128)
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict:
+    """The processor, core count, and the versions of Python, TensorFlow and Keras."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),
+            "python": platform.python_version(), "tensorflow": tf.__version__,
+            "keras": keras.__version__, "numpy": np.__version__,
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count(),
+            "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def training_args(method: str, task: str = "mrpc", **overrides):
+    """The `TrainingArgs` of one benchmark run: the packaged MiniLM, batch 32, each method's lr."""
+    from adapter_bert.training import TrainingArgs
+
+    values = dict(task=task, casing="all-minilm-l6-v2", data_dir=str(DATA_DIRS[task]), method=method,
+                  bottleneck_size=32 if method == "houlsby" else None,
+                  learning_rate=LEARNING_RATES[method], batch_size=32, max_seq_length=128,
+                  pooling="mean", warmup_ratio=0.1, predict_test=False, export=False, log_every=50)
+    values.update(overrides)
+    return TrainingArgs(**values)
+
+
+def write_report(out: Path, name: str, report: dict) -> Path:
+    """Prints `report` and writes it to `<out>/<name>.json` atomically."""
+    from adapter_bert.io_utils import write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    write_json(path, report)
+    print(json.dumps(report, indent=2, default=_plain))
+    print(f"wrote {path}", file=sys.stderr)
+    return path
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    return str(value)

@@ -1,0 +1,273 @@
+"""Turns the benchmarks' JSON files into docs/RESULTS.md's tables and plots.
+
+    python bench/report.py [--results /tmp/adapter_bert_bench] [--docs docs]
+
+Reads what the other bench scripts wrote under `--results` (any subset; missing benchmarks are
+left out): `train_throughput.json`, `inference.json`, `memory.json`, `onednn.json`,
+`peers/peers.json`, and every run under `accuracy_runs/` (summarised over however many seeds are
+there). Writes `<docs>/results/*.png` and replaces the text between the `generated` markers of
+`<docs>/RESULTS.md`; the prose around them is written by hand.
+
+Example (with no results at all, the generated part says so):
+>>> import tempfile
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     print(render_tables(load_results(Path(tmp)))[:40])
+_No benchmark results found._
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+START, END = "<!-- generated:start -->", "<!-- generated:end -->"
+PEER_NAMES = {"adapters_houlsby": "adapters 1.3.0, double_seq_bn 32",
+              "peft_lora": "PEFT, LoRA r 8 (query, value)", "torch_full": "PyTorch full fine-tuning"}
+OUR_PEERS = {"adapters_houlsby": "houlsby", "peft_lora": "lora", "torch_full": "full"}
+
+
+def _read(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_accuracy(results: Path) -> dict:
+    """{task: {method: summary}} from every finished run under `accuracy_runs/`."""
+    from accuracy import collect
+
+    summaries = {}
+    for task_dir in sorted((results / "accuracy_runs").glob("*")):
+        for method in common.METHODS:
+            files = sorted((task_dir / method).glob(f"seed*/{task_dir.name}/results.json"))
+            if files:
+                runs = [json.loads(f.read_text()) for f in files]
+                summaries.setdefault(task_dir.name, {})[method] = collect(task_dir.name, method, runs)
+    return summaries
+
+
+def load_results(results: Path) -> dict:
+    peers = _read(results / "peers" / "peers.json") or {}
+    return {"train": _read(results / "train_throughput.json"), "inference": _read(results / "inference.json"),
+            "memory": _read(results / "memory.json"), "onednn": _read(results / "onednn.json"),
+            "peers_train": peers.get("throughput_mrpc"), "peers_accuracy": peers.get("accuracy_mrpc"),
+            "accuracy": load_accuracy(results)}
+
+
+def _machine_line(report: dict) -> str:
+    m = report["machine"]
+    versions = ", ".join(f"{k} {m[k]}" for k in ("python", "tensorflow", "keras", "torch", "transformers",
+                                                 "adapters", "peft") if k in m)
+    return f"_Machine: {m['cpu']}, {m['cores']} cores; {versions}._"
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def peer_throughput(peers: dict) -> dict:
+    """{system: {padding: (examples/s, mean padded length)}} from peers.json's throughput entry."""
+    table = {}
+    for record in peers["records"]:
+        for row in record["throughput"]:
+            table.setdefault(record["system"], {})[row["padding"]] = (row["examples_per_second"],
+                                                                      row["mean_padded_length"])
+    return table
+
+
+def train_section(res: dict) -> list[str]:
+    train, peers = res["train"], res["peers_train"]
+    out = ["### Training throughput (examples/s, batch 32, MRPC train, dropout on)", "",
+           _machine_line(train), ""]
+    paddings = [p for p in ("fixed", "dynamic", "bucketed") if p in next(iter(train["methods"].values()))]
+    rows = []
+    for method, fig in train["methods"].items():
+        rows.append([f"adapter_bert {method}", f"{fig['trainable_params']:,}"]
+                    + [f"{fig[p]['examples_per_second']:.1f}" for p in paddings])
+    if peers:
+        for system, figs in peer_throughput(peers).items():
+            trainable = next(r["params"]["trainable"] for r in peers["records"] if r["system"] == system)
+            rows.append([PEER_NAMES[system], f"{trainable:,}"]
+                        + [f"{figs[p][0]:.1f}" if p in figs else "-" for p in paddings])
+    lengths = {p: next(iter(train["methods"].values()))[p]["mean_padded_length"] for p in paddings}
+    out.append(_table(["system", "trainable params"]
+                      + [f"{p} (mean length {lengths[p]:.0f})" for p in paddings], rows))
+    out.append("")
+    ratios = []
+    if "houlsby_over_full" in train:
+        ratios.append("Houlsby over our full fine-tuning: " + ", ".join(
+            f"{p} {v:.2f}x" for p, v in train["houlsby_over_full"].items()))
+    if peers:
+        peer = peer_throughput(peers)
+        for system, ours in OUR_PEERS.items():
+            if system in peer and ours in train["methods"]:
+                ratios.append(f"adapter_bert {ours} over {PEER_NAMES[system]}: " + ", ".join(
+                    f"{p} {train['methods'][ours][p]['examples_per_second'] / peer[system][p][0]:.2f}x"
+                    for p in paddings if p in peer[system]))
+    if "bucketed_over_fixed" in train:
+        ratios.append("bucketed over fixed-128: " + ", ".join(
+            f"{m} {v:.2f}x" for m, v in train["bucketed_over_fixed"].items()))
+    out += [f"- {r}" for r in ratios] + [""]
+    return out
+
+
+def inference_section(inf: dict) -> list[str]:
+    out = ["### Inference throughput (examples/s, MRPC dev, batch 32; median of "
+           f"{inf['rounds']} rounds)", "", _machine_line(inf), ""]
+    paddings = list(inf["variants"])
+    rows = []
+    for variant in inf["variants"][paddings[0]]:
+        rows.append([variant] + [f"{inf['variants'][p][variant]['examples_per_second']:.1f} "
+                                 f"({100 * (inf['variants'][p][variant]['relative_to_base'] - 1):+.1f}%)"
+                                 for p in paddings])
+    out += [_table(["variant"] + [f"{p} padding (vs base)" for p in paddings], rows), ""]
+    return out
+
+
+def memory_section(mem: dict) -> list[str]:
+    out = ["### Memory (peak RSS of a training process, batch 32 x 128 tokens)", "",
+           _machine_line(mem), ""]
+    rows = [[m, f"{r['trainable_params']:,}", f"{r['rss_after_model_load_mb']:.0f}", f"{r['peak_rss_mb']:.0f}",
+             f"{r['optimizer_state_mb']:.2f}",
+             f"{100 * mem.get('peak_rss_below_full', {}).get(m, 0):.1f}%" if m != "full" else "-"]
+            for m, r in mem["methods"].items()]
+    out += [_table(["method", "trainable params", "RSS after load (MB)", "peak RSS (MB)",
+                    "optimizer state (MB)", "peak below full"], rows), ""]
+    return out
+
+
+def accuracy_section(res: dict) -> list[str]:
+    out = []
+    for task, methods in res["accuracy"].items():
+        metric = next(iter(methods.values()))["main_metric"]
+        out += [f"### {task.upper()} dev {metric} (packaged MiniLM; mean ± std over seeds)", ""]
+        rows = []
+        for method, s in methods.items():
+            rows.append([method, f"{s['trainable_params']:,}", _pct(s["trainable_fraction"]),
+                         f"{100 * s['final']['mean']:.1f} ± {100 * s['final']['std']:.1f}",
+                         f"{100 * s['best_epoch']['mean']:.1f} ± {100 * s['best_epoch']['std']:.1f}",
+                         s["final"]["n"]])
+        out += [_table(["method", "trainable params", "trainable %", f"final epoch {metric}",
+                        f"best epoch {metric}", "seeds"], rows), ""]
+    peers = res["peers_accuracy"]
+    if peers:
+        out += ["### PyTorch peers, MRPC dev (same checkpoint, data, batch, epochs)", ""]
+        by_system = {}
+        for r in peers["records"]:
+            by_system.setdefault(r["system"], []).append(r)
+        rows = []
+        for system, records in by_system.items():
+            finals = [100 * r["final"]["f1"] for r in records]
+            bests = [100 * r["best"]["f1"] for r in records]
+            rows.append([PEER_NAMES[system], f"{records[0]['params']['trainable']:,}",
+                         f"{sum(finals) / len(finals):.1f}", f"{sum(bests) / len(bests):.1f}",
+                         len(records), f"{max(r['peak_rss_mb'] for r in records):.0f}"])
+        out += [_table(["system", "trainable params", "final F1 (mean)", "best epoch F1 (mean)",
+                        "seeds", "peak RSS (MB)"], rows), ""]
+    return out
+
+
+def render_tables(res: dict) -> str:
+    parts = []
+    if res["train"]:
+        parts += train_section(res)
+    if res["onednn"]:
+        on = res["onednn"]
+        parts += ["### oneDNN on and off (bucketed training, examples/s)", "",
+                  _table(["method", "TF_ENABLE_ONEDNN_OPTS=0", "=1", "speedup"],
+                         [[m, on["examples_per_second"]["TF_ENABLE_ONEDNN_OPTS=0"][m],
+                           on["examples_per_second"]["TF_ENABLE_ONEDNN_OPTS=1"][m], f"{s:.2f}x"]
+                          for m, s in on["speedup"].items()]), ""]
+    if res["inference"]:
+        parts += inference_section(res["inference"])
+    if res["memory"]:
+        parts += memory_section(res["memory"])
+    if res["accuracy"] or res["peers_accuracy"]:
+        parts += accuracy_section(res)
+    return "\n".join(parts) if parts else "_No benchmark results found._"
+
+
+def plot(res: dict, figures: Path) -> list[str]:
+    """Draws the PNGs; returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures.mkdir(parents=True, exist_ok=True)
+    written = []
+    for task, methods in res["accuracy"].items():
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method, s in methods.items():
+            x = 100 * s["trainable_fraction"]
+            ax.errorbar(x, 100 * s["final"]["mean"], yerr=100 * s["final"]["std"], fmt="o", capsize=3)
+            ax.annotate(method, (x, 100 * s["final"]["mean"]), textcoords="offset points", xytext=(5, 4))
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters (% of the model, log scale)")
+        ax.set_ylabel(f"dev {next(iter(methods.values()))['main_metric']} (final epoch)")
+        ax.set_title(f"{task.upper()}: score vs trainable fraction (MiniLM-L6)")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        name = f"{task}_score_vs_params.png"
+        fig.savefig(figures / name, dpi=110)
+        plt.close(fig)
+        written.append(name)
+    if res["train"]:
+        train = res["train"]["methods"]
+        padding = "dynamic"
+        labels = [f"ours: {m}" for m in train] 
+        values = [train[m][padding]["examples_per_second"] for m in train]
+        colors = ["tab:blue"] * len(train)
+        if res["peers_train"]:
+            for system, figs in peer_throughput(res["peers_train"]).items():
+                if padding in figs:
+                    labels.append(PEER_NAMES[system])
+                    values.append(figs[padding][0])
+                    colors.append("tab:orange")
+        fig, ax = plt.subplots(figsize=(7, 0.35 * len(labels) + 1.2))
+        ax.barh(range(len(labels)), values, color=colors)
+        ax.set_yticks(range(len(labels)), labels)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"training examples/s (batch 32, {padding} padding, MRPC, same batches)")
+        ax.set_title("Training throughput: adapter_bert (blue) and PyTorch peers (orange)")
+        ax.grid(axis="x", alpha=0.3)
+        fig.tight_layout()
+        name = "train_throughput.png"
+        fig.savefig(figures / name, dpi=110)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=common.DEFAULT_OUT)
+    parser.add_argument("--docs", type=Path, default=common.REPO / "docs")
+    args = parser.parse_args(argv)
+    res = load_results(args.results)
+    written = plot(res, args.docs / "results")
+    page = args.docs / "RESULTS.md"
+    text = page.read_text() if page.is_file() else f"# Results\n\n{START}\n{END}\n"
+    if START not in text or END not in text:
+        raise SystemExit(f"{page} has no {START} ... {END} markers")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    tmp = page.with_name(f".{page.name}.tmp")
+    tmp.write_text(f"{head}{START}\n{render_tables(res)}\n{END}{tail}")
+    tmp.replace(page)
+    print(f"wrote {page} and {', '.join(written) or 'no plots'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Training throughput (examples/s) of every method preset and of full fine-tuning, in one run.
+
+    python bench/train_throughput.py [--task mrpc] [--steps 24] [--out /tmp/adapter_bert_bench]
+
+Every method trains the packaged MiniLM through the training command's own pieces
+(`build_model`, `make_optimizer`, `make_train_step`, one `tf.function` for all sequence lengths)
+on the same batches of real GLUE training data, batch 32, dropout on. Three paddings are timed:
+
+- `fixed`: every batch padded to 128 tokens;
+- `dynamic`: each batch padded to its longest row (batches in the training command's order);
+- `bucketed`: rows grouped by length into buckets 32/48/64/96/128, each batch padded to its longest.
+
+The timed batches are spread evenly over one epoch (not its first few), so each padding's mean
+length is the epoch's. Each method first runs the batches once untimed, then times them; each
+step is synchronised by reading its loss. Writes `<out>/train_throughput.json`, and the timed
+batches to `<out>/train_batches.npz` for `bench/peers.py --batches_npz`, which times the PyTorch
+peers on exactly the same tensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from pathlib import Path
+
+import common
+
+PADDINGS = {"fixed": dict(padding="max_length"), "dynamic": dict(padding="dynamic"),
+            "bucketed": dict(padding="dynamic", bucket_boundaries=common.BUCKETS)}
+
+
+def epoch_batches(task: str, paddings, steps: int, seed: int = 0) -> dict:
+    """`steps` batches per padding, evenly spaced over one shuffled epoch of `task`'s train split."""
+    import numpy as np
+
+    from adapter_bert import load_tokenizer
+    from adapter_bert.glue.data import encode_examples, label_array, make_dataset, read_glue_tsv
+
+    examples = read_glue_tsv(task, common.DATA_DIRS[task], "train")
+    encoded = encode_examples(load_tokenizer("all-minilm-l6-v2"), examples, max_seq_length=128)
+    labels = label_array(task, examples)
+    chosen = {}
+    for name in paddings:
+        dataset = make_dataset(encoded, labels, 32, shuffle=True, seed=seed, drop_remainder=True,
+                               max_seq_length=128, **PADDINGS[name])
+        batches = list(dataset)
+        picks = np.linspace(0, len(batches) - 1, steps).round().astype(int)
+        chosen[name] = [batches[i] for i in picks]
+    return chosen
+
+
+def save_batches(path: Path, batches: dict) -> None:
+    """Writes the timed batches for bench/peers.py, so the PyTorch peers time the same tensors."""
+    import numpy as np
+
+    arrays = {}
+    for padding, chosen in batches.items():
+        for index, (inputs, labels) in enumerate(chosen):
+            for name, value in inputs.items():
+                arrays[f"{padding}__{index}__{name}"] = value.numpy()
+            arrays[f"{padding}__{index}__labels"] = labels.numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def time_method(method: str, task: str, batches: dict, warmup: int) -> dict:
+    """Examples/s of `method` for each padding's batches, after `warmup` untimed steps."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from adapter_bert.glue.tasks import get_task
+    from adapter_bert.training import build_model, make_optimizer, make_train_step
+
+    args = common.training_args(method, task)
+    glue_task = get_task(task)
+    keras.utils.set_random_seed(0)
+    model = build_model(args, glue_task)
+    _, optimizer = make_optimizer(args, total_steps=1000)
+    trainable = model.trainable_weights
+    optimizer.build(trainable)
+    spec = tf.TensorSpec([None, None], tf.int32)
+    step = tf.function(make_train_step(model, optimizer, trainable, False, args.batch_size),
+                       input_signature=[{k: spec for k in ("input_ids", "attention_mask", "token_type_ids")},
+                                        tf.TensorSpec([None], tf.int32)])
+    figures = {"trainable_params": int(sum(np.prod(v.shape) for v in trainable)),
+               "total_params": int(sum(np.prod(v.shape) for v in model.weights))}
+    for name, chosen in batches.items():
+        # One untimed pass over the very batches timed: oneDNN builds its kernels per input shape
+        # and each padded length is a shape, so without it the first method timed would pay for
+        # every later one. `warmup` more steps settle the allocator.
+        for inputs, labels in chosen + chosen[:warmup]:
+            float(step(inputs, labels))
+        examples = tokens = 0
+        start = time.perf_counter()
+        for inputs, labels in chosen:
+            float(step(inputs, labels))
+            examples += int(labels.shape[0])
+            tokens += int(np.prod(inputs["input_ids"].shape))
+        seconds = time.perf_counter() - start
+        figures[name] = {"examples_per_second": round(examples / seconds, 2),
+                         "padded_tokens_per_second": round(tokens / seconds, 1),
+                         "mean_padded_length": round(tokens / examples, 1), "steps": len(chosen),
+                         "seconds": round(seconds, 2)}
+        print(f"{method:>9} {name:>8}: {examples / seconds:6.1f} ex/s "
+              f"(mean padded length {tokens / examples:.1f})", file=sys.stderr, flush=True)
+    del model, optimizer, step
+    gc.collect()
+    return figures
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="mrpc", choices=sorted(common.DATA_DIRS))
+    parser.add_argument("--methods", default=",".join(common.METHODS))
+    parser.add_argument("--paddings", default=",".join(PADDINGS))
+    parser.add_argument("--steps", type=int, default=24, help="timed steps per method and padding")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=common.DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m]
+    paddings = [p for p in args.paddings.split(",") if p]
+    unknown = sorted(set(methods) - set(common.METHODS)) + sorted(set(paddings) - set(PADDINGS))
+    if unknown:
+        parser.error(f"unknown method or padding: {', '.join(unknown)}")
+
+    batches = epoch_batches(args.task, paddings, args.steps)
+    save_batches(args.out / "train_batches.npz", batches)
+    results = {name: time_method(name, args.task, batches, args.warmup) for name in methods}
+    report = {"benchmark": "train_throughput", "machine": common.machine(), "task": args.task,
+              "batch_size": 32, "max_seq_length": 128, "steps": args.steps, "warmup": args.warmup,
+              "command": " ".join([sys.executable] + sys.argv), "methods": results}
+    if "houlsby" in results and "full" in results:
+        report["houlsby_over_full"] = {
+            p: round(results["houlsby"][p]["examples_per_second"] / results["full"][p]["examples_per_second"], 3)
+            for p in paddings}
+    if "fixed" in paddings and "bucketed" in paddings:
+        report["bucketed_over_fixed"] = {
+            m: round(r["bucketed"]["examples_per_second"] / r["fixed"]["examples_per_second"], 3)
+            for m, r in results.items()}
+    common.write_report(args.out, "train_throughput", report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The benchmark scripts' own logic: argument checks, commands, summaries and the report.
+
+The benchmarks themselves run outside CI (bench/run_all.sh); these tests keep the scripts that
+produce docs/RESULTS.md honest without timing anything.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import accuracy  # noqa: E402
+import common  # noqa: E402
+import report  # noqa: E402
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("train_throughput", ["--methods", "houlsby,adapterdrop"]),
+    ("train_throughput", ["--paddings", "ragged"]),
+    ("memory", ["--methods", "nope"]),
+    ("accuracy", ["--tasks", "cola"]),
+])
+def test_unknown_choices_exit_with_usage_error(script, argv, capsys):
+    module = __import__(script)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(argv)
+    assert exit_info.value.code == 2
+    assert "unknown" in capsys.readouterr().err
+
+
+def test_accuracy_command_is_the_training_command_with_each_methods_rate():
+    command = accuracy.run_command("sst2", "houlsby", 2, 3, Path("/tmp/x"), 4000)
+    assert command[1].endswith("run_tf_adapter_bert.py")
+    flags = dict(arg.lstrip("-").split("=", 1) for arg in command[2:] if "=" in arg)
+    assert flags["method"] == "houlsby" and flags["bottleneck_size"] == "32"
+    assert flags["learning_rate"] == "0.001" and flags["seed"] == "2" and flags["epochs"] == "3"
+    assert flags["max_train_examples"] == "4000" and flags["bucket_boundaries"] == "32,48,64,96,128"
+    assert "--noexport" in command and "--nopredict_test" in command
+    lora = dict(arg.lstrip("-").split("=", 1) for arg in accuracy.run_command(
+        "mrpc", "lora", 0, 3, Path("/tmp/x"), None)[2:] if "=" in arg)
+    assert lora["learning_rate"] == "0.0005" and "bottleneck_size" not in lora
+    assert "max_train_examples" not in lora
+
+
+def test_summary_is_mean_and_sample_std():
+    s = accuracy.summarise([0.80, 0.84, 0.88])
+    assert s["mean"] == pytest.approx(0.84) and s["std"] == pytest.approx(0.04)
+    assert (s["min"], s["max"], s["n"]) == (0.8, 0.88, 3)
+    assert accuracy.summarise([0.5])["std"] == 0.0
+
+
+def _results_json(seed, f1s, trainable=1000, total=100000):
+    epochs = [{"epoch": i + 1, "step": 10 * (i + 1), "dev": {"f1": f, "accuracy": f - 0.1}}
+              for i, f in enumerate(f1s)]
+    best = max(epochs, key=lambda e: e["dev"]["f1"])
+    return {"main_metric": "f1", "epochs": epochs, "final": epochs[-1], "best": best,
+            "trainable_params": trainable, "total_params": total, "args": {"seed": seed},
+            "train_examples_per_second": 30.0, "wall_seconds": 100.0}
+
+
+def test_report_summarises_runs_tables_and_plots(tmp_path):
+    results, docs = tmp_path / "results", tmp_path / "docs"
+    for seed, f1s in [(0, [0.80, 0.86, 0.84]), (1, [0.82, 0.85, 0.88])]:
+        run = results / "accuracy_runs" / "mrpc" / "houlsby" / f"seed{seed}" / "mrpc"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps(_results_json(seed, f1s)))
+    machine = {"cpu": "test cpu", "cores": 2, "python": "3.11", "tensorflow": "2.21.0", "keras": "3"}
+    method = {"trainable_params": 1000, **{p: {"examples_per_second": v, "mean_padded_length": n}
+                                           for p, v, n in [("fixed", 10.0, 128), ("dynamic", 20.0, 80)]}}
+    (results / "train_throughput.json").write_text(json.dumps(
+        {"machine": machine, "methods": {"houlsby": method, "full": method},
+         "houlsby_over_full": {"fixed": 1.0, "dynamic": 1.0}}))
+    docs.mkdir()
+    (docs / "RESULTS.md").write_text(f"# R\n\nprose\n{report.START}\nold\n{report.END}\nmore prose\n")
+
+    assert report.main(["--results", str(results), "--docs", str(docs)]) == 0
+
+    page = (docs / "RESULTS.md").read_text()
+    assert page.startswith("# R\n\nprose\n") and page.endswith("more prose\n") and "old" not in page
+    # final F1 84 and 88 -> mean 86.0, sample std 2.8; best epochs 86 and 88 -> 87.0 ± 1.4
+    assert "| houlsby | 1,000 | 1.00 | 86.0 ± 2.8 | 87.0 ± 1.4 | 2 |" in page
+    assert "| adapter_bert houlsby | 1,000 | 10.0 | 20.0 |" in page
+    for name in ("mrpc_score_vs_params.png", "train_throughput.png"):
+        assert (docs / "results" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_refuses_a_page_without_markers(tmp_path):
+    (tmp_path / "RESULTS.md").write_text("# hand-written only\n")
+    with pytest.raises(SystemExit, match="markers"):
+        report.main(["--results", str(tmp_path / "none"), "--docs", str(tmp_path)])
+    assert (tmp_path / "RESULTS.md").read_text() == "# hand-written only\n"
+
+
+def test_every_benchmark_method_uses_its_flagfiles_learning_rate():
+    for method in common.METHODS:
+        lines = (common.REPO / "flags" / "methods" / f"{method}.flags").read_text().splitlines()
+        rate = next(float(line.split("=", 1)[1]) for line in lines if line.startswith("--learning_rate="))
+        assert common.LEARNING_RATES[method] == rate, method
