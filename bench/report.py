@@ -177,8 +177,81 @@ def accuracy_section(res: dict) -> list[str]:
     return out
 
 
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def targets_section(res: dict) -> list[str]:
+    """Issue 6's targets, each with the measured figure and whether it is met."""
+    rows = []
+    train, peers_train = res["train"], res["peers_train"]
+    if train and "houlsby_over_full" in train:
+        for padding, ratio in train["houlsby_over_full"].items():
+            rows.append([f"Houlsby training ≥ 1.5x our full fine-tuning ({padding})", f"{ratio:.2f}x",
+                         _verdict(ratio >= 1.5)])
+    if train and peers_train:
+        peer = peer_throughput(peers_train).get("adapters_houlsby", {})
+        for padding, (value, _) in peer.items():
+            if padding in train["methods"].get("houlsby", {}):
+                ratio = train["methods"]["houlsby"][padding]["examples_per_second"] / value
+                rows.append([f"Houlsby training ≥ 1.2x the adapters library ({padding})", f"{ratio:.2f}x",
+                             _verdict(ratio >= 1.2)])
+        if "bucketed" in train["methods"].get("houlsby", {}) and "dynamic" in peer:
+            ratio = train["methods"]["houlsby"]["bucketed"]["examples_per_second"] / peer["dynamic"][0]
+            rows.append(["(for reference) our bucketed Houlsby vs the adapters library's dynamic padding",
+                         f"{ratio:.2f}x", "-"])
+    if train and "bucketed_over_fixed" in train:
+        ratio = train["bucketed_over_fixed"].get("houlsby")
+        if ratio:
+            rows.append(["bucketing ≥ 2x fixed-128 (Houlsby, MRPC)", f"{ratio:.2f}x", _verdict(ratio >= 2)])
+    if res["inference"]:
+        for padding, variants in res["inference"]["variants"].items():
+            for name in ("lora_merged", "ia3_merged"):
+                if name in variants:
+                    cost = 1 - variants[name]["relative_to_base"]
+                    rows.append([f"{name} inference within 2% of the base ({padding})",
+                                 f"{100 * cost:+.1f}% slower", _verdict(cost <= 0.02)])
+            for name in ("houlsby", "pfeiffer", "parallel"):
+                if name in variants:
+                    cost = 1 - variants[name]["relative_to_base"]
+                    rows.append([f"active {name} adapter costs ≤ 8% ({padding})",
+                                 f"{100 * cost:+.1f}% slower", _verdict(cost <= 0.08)])
+    if res["memory"] and "peak_rss_below_full" in res["memory"]:
+        below = res["memory"]["peak_rss_below_full"].get("houlsby")
+        if below is not None:
+            rows.append(["Houlsby training peak RSS ≥ 25% below full fine-tuning", f"{100 * below:.1f}% below",
+                         _verdict(below >= 0.25)])
+    mrpc = res["accuracy"].get("mrpc", {})
+    if "houlsby" in mrpc:
+        h = mrpc["houlsby"]
+        best = h["best_epoch"]["mean"]
+        rows.append([f"Houlsby MRPC F1, best epoch ≥ 87 (mean of {h['best_epoch']['n']} seeds)",
+                     f"{100 * best:.1f}", _verdict(best >= 0.87)])
+        peers = res["peers_accuracy"]
+        lib = [r for r in (peers or {}).get("records", []) if r["system"] == "adapters_houlsby"]
+        if lib:
+            theirs = sum(r["final"]["f1"] for r in lib) / len(lib)
+            ours = h["final"]["mean"]
+            rows.append([f"Houlsby MRPC F1 (final epoch) ≥ the adapters library's "
+                         f"({h['final']['n']} vs {len(lib)} seeds)", f"{100 * ours:.1f} vs {100 * theirs:.1f}",
+                         _verdict(ours >= theirs)])
+    for task, methods in res["accuracy"].items():
+        if "full" not in methods:
+            continue
+        full = methods["full"]["final"]["mean"]
+        for method, summary in methods.items():
+            if method != "full":
+                gap = full - summary["final"]["mean"]
+                if gap > 0.01:
+                    rows.append([f"{task.upper()} {method} within 1.0 point of full fine-tuning",
+                                 f"{100 * gap:.1f} points below", "**missed** (see below)"])
+    if not rows:
+        return []
+    return ["### Targets of issue 6", "", _table(["target", "measured", "verdict"], rows), ""]
+
+
 def render_tables(res: dict) -> str:
-    parts = []
+    parts = targets_section(res)
     if res["train"]:
         parts += train_section(res)
     if res["onednn"]:

@@ -84,6 +84,8 @@ def test_report_summarises_runs_tables_and_plots(tmp_path):
     # final F1 84 and 88 -> mean 86.0, sample std 2.8; best epochs 86 and 88 -> 87.0 ± 1.4
     assert "| houlsby | 1,000 | 1.00 | 86.0 ± 2.8 | 87.0 ± 1.4 | 2 |" in page
     assert "| adapter_bert houlsby | 1,000 | 10.0 | 20.0 |" in page
+    assert "| Houlsby training ≥ 1.5x our full fine-tuning (fixed) | 1.00x | **missed** |" in page
+    assert "| Houlsby MRPC F1, best epoch ≥ 87 (mean of 2 seeds) | 87.0 | met |" in page
     for name in ("mrpc_score_vs_params.png", "train_throughput.png"):
         assert (docs / "results" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
