@@ -453,6 +453,8 @@ def train(args: TrainingArgs):
     keras.utils.set_random_seed(args.seed)
     with strategy.scope():
         model = build_model(args, task)
+        # Gathering the real tokens gives data-dependent shapes, which TPUs cannot compile.
+        model.bert.skip_padding = not static_shapes
         schedule, optimizer = make_optimizer(args, total_steps)
         trainable = model.trainable_weights
         # Slots only for the adapter and head: the frozen base gets no optimizer state.

@@ -10,7 +10,7 @@ import keras
 from adapter_bert import AdapterBertModel, BertConfig
 from adapter_bert.configuration import AdapterConfig
 from adapter_bert.model import AdapterModule
-from adapter_bert.testing import random_inputs, tiny_bert_config
+from adapter_bert.testing import random_inputs, tiny_bert_config, tiny_encoder
 
 # bert-base-uncased counts of the adapters library (adapter weights only: no head, no LayerNorm
 # copies), from DESIGN.md; scaled_par_bn adds one learned scalar per adapter.
@@ -375,3 +375,38 @@ def test_save_adapter_refuses_a_foreign_directory(tmp_path):
     with pytest.raises(ValueError, match="holds no saved adapter"):
         model.save_adapter(tmp_path, "a")
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("config", ["double_seq_bn[reduction_factor=4]", "par_bn", "lora", "ia3",
+                                    "prefix_tuning[prefix_length=3]", "bitfit", "mam", "full"])
+def test_skipping_padding_keeps_real_token_outputs_and_gradients(config):
+    """`BertEncoder.skip_padding` runs dense layers on real tokens only: same function there."""
+    model = AdapterBertModel(tiny_encoder())
+    model.add_adapter("t", config=config)
+    model.add_classification_head("t", num_labels=2, pooling="mean")
+    model.train_adapter("t")
+    rng = np.random.default_rng(1)
+    for variable in model.trainable_weights:  # away from identity, so every method matters
+        variable.assign(variable.numpy() + rng.normal(0, 0.05, variable.shape).astype("float32"))
+    inputs = random_inputs(batch=4, seq=12)
+    mask = inputs["attention_mask"].astype(bool)
+
+    def run(skip):
+        model.bert.skip_padding = skip
+        with tf.GradientTape() as tape:
+            logits = model(inputs, training=False)
+            loss = tf.reduce_sum(logits * np.array([1.0, -2.0], "float32"))
+        sequence = model.bert(inputs, training=False)["sequence_output"].numpy()
+        grads = tape.gradient(loss, model.trainable_weights)  # None: unused (BitFit's pooler bias)
+        return logits.numpy(), sequence, [None if g is None else tf.convert_to_tensor(g).numpy()
+                                          for g in grads]
+
+    logits, sequence, grads = run(False)
+    logits_skip, sequence_skip, grads_skip = run(True)
+    np.testing.assert_allclose(logits_skip, logits, atol=1e-5)
+    np.testing.assert_allclose(sequence_skip[mask], sequence[mask], atol=1e-5)
+    assert not sequence_skip[~mask].any()  # padding rows are zeros
+    for g_skip, g in zip(grads_skip, grads):
+        assert (g_skip is None) == (g is None)
+        if g is not None:
+            np.testing.assert_allclose(g_skip, g, atol=1e-4, rtol=1e-4)
