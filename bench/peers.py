@@ -138,7 +138,7 @@ def run_worker(python: Path, args: argparse.Namespace, ckpt: str, system: str, j
                "--threads", str(args.threads), "--batch_size", str(args.batch_size),
                "--max_seq_length", str(args.max_seq_length), "--json_out", str(json_out)]
     if args.batches_npz:
-        command += ["--batches_npz", str(Path(args.batches_npz).resolve())]
+        command += ["--batches_npz", str(Path(args.batches_npz).resolve()), "--rounds", str(args.rounds)]
     log(f"running {system} seed {seed}")
     if json_out.exists():
         json_out.unlink()  # a stale file must not pass for this run's result
@@ -231,6 +231,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max_seq_length", type=int, default=128)
     parser.add_argument("--glue_dir", default=str(REPO.parent / "shared" / "data" / "glue"))
     parser.add_argument("--out", default="/tmp/adapter_bert_bench/peers")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="throughput with --batches_npz: timed passes, median reported")
     parser.add_argument("--batches_npz", default=None,
                         help="throughput: time exactly the padded batches bench/train_throughput.py "
                              "saved (its train_batches.npz), every padding in it")

@@ -268,13 +268,14 @@ def measure_throughput(args, system: str, model_factory, features: list, pad_id:
     for padding in shared or args.paddings.split(","):
         seed_everything(0)
         model = model_factory()
-        optimizer, scheduler = make_optimizer(model, LEARNING_RATES[system], needed)
+        # A long schedule, so the learning rate never reaches zero within the timed steps.
+        optimizer, scheduler = make_optimizer(model, LEARNING_RATES[system], 1000)
         if shared:
-            # adapter_bert's own benchmark batches: one untimed pass over them (plus a few steps),
-            # then time them all, exactly as bench/train_throughput.py does.
+            # adapter_bert's own benchmark batches: one untimed pass over them, then timed
+            # passes, as bench/train_throughput.py does.
             batches = shared[padding]
             timed = batches
-            warmup = batches + batches[:WARMUP_STEPS]
+            warmup = batches
         else:
             batches = [collate(group, padding, args.max_seq_length, pad_id) for group in groups]
             warmup, timed = batches[:WARMUP_STEPS], batches[WARMUP_STEPS:]
@@ -282,16 +283,20 @@ def measure_throughput(args, system: str, model_factory, features: list, pad_id:
             train_step(model, optimizer, scheduler, batch)
         padded = sum(token_counts(batch)[0] for batch in timed)
         real = sum(token_counts(batch)[1] for batch in timed)
-        step_seconds = []
-        start = time.perf_counter()
-        for batch in timed:
-            step_start = time.perf_counter()
-            loss = train_step(model, optimizer, scheduler, batch)
-            step_seconds.append(time.perf_counter() - step_start)
-        seconds = time.perf_counter() - start
         examples = sum(int(batch["labels"].shape[0]) for batch in timed)
+        # Several timed passes, median taken, as bench/train_throughput.py does (with --rounds).
+        round_seconds, step_seconds = [], []
+        for _ in range(args.rounds if shared else 1):
+            start = time.perf_counter()
+            for batch in timed:
+                step_start = time.perf_counter()
+                loss = train_step(model, optimizer, scheduler, batch)
+                step_seconds.append(time.perf_counter() - step_start)
+            round_seconds.append(time.perf_counter() - start)
+        seconds = float(np.median(round_seconds))
         row = {"padding": padding, "steps": len(timed), "seconds": round(seconds, 3),
                "examples_per_second": examples / seconds,
+               "rounds": [round(examples / s, 2) for s in round_seconds],
                "padded_tokens_per_second": padded / seconds,
                "real_tokens_per_second": real / seconds,
                "median_step_seconds": float(np.median(step_seconds)),
@@ -380,6 +385,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--glue_dir", required=True)
     parser.add_argument("--json_out", required=True)
     parser.add_argument("--paddings", default="dynamic")
+    parser.add_argument("--rounds", type=int, default=3, help="timed passes over --batches_npz")
     parser.add_argument("--batches_npz", default=None,
                         help="time these padded batches (from bench/train_throughput.py) instead")
     parser.add_argument("--steps", type=int, default=30)

@@ -51,7 +51,7 @@ def load_accuracy(results: Path) -> dict:
 
 
 def load_results(results: Path) -> dict:
-    peers = _read(results / "peers" / "peers.json") or {}
+    peers = (_read(results / "peers" / "peers.json") or {}).get("results", {})
     return {"train": _read(results / "train_throughput.json"), "inference": _read(results / "inference.json"),
             "memory": _read(results / "memory.json"), "onednn": _read(results / "onednn.json"),
             "peers_train": peers.get("throughput_mrpc"), "peers_accuracy": peers.get("accuracy_mrpc"),

@@ -1,6 +1,6 @@
 """Training throughput (examples/s) of every method preset and of full fine-tuning, in one run.
 
-    python bench/train_throughput.py [--task mrpc] [--steps 24] [--out /tmp/adapter_bert_bench]
+    python bench/train_throughput.py [--task mrpc] [--steps 5] [--rounds 3] [--out /tmp/adapter_bert_bench]
 
 Every method trains the packaged MiniLM through the training command's own pieces
 (`build_model`, `make_optimizer`, `make_train_step`, one `tf.function` for all sequence lengths)
@@ -11,10 +11,11 @@ on the same batches of real GLUE training data, batch 32, dropout on. Three padd
 - `bucketed`: rows grouped by length into buckets 32/48/64/96/128, each batch padded to its longest.
 
 The timed batches are spread evenly over one epoch (not its first few), so each padding's mean
-length is the epoch's. Each method first runs the batches once untimed, then times them; each
-step is synchronised by reading its loss. Writes `<out>/train_throughput.json`, and the timed
-batches to `<out>/train_batches.npz` for `bench/peers.py --batches_npz`, which times the PyTorch
-peers on exactly the same tensors.
+length is the epoch's. After one untimed pass, `--rounds` rounds each time every method on those
+batches in turn; a figure is the median over rounds (see `time_methods`). Each step is
+synchronised by reading its loss. Writes `<out>/train_throughput.json`, and the timed batches to
+`<out>/train_batches.npz` for `bench/peers.py --batches_npz`, which times the PyTorch peers on
+exactly the same tensors in the same way.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def save_batches(path: Path, batches: dict) -> None:
     tmp.replace(path)
 
 
-def time_method(method: str, task: str, batches: dict, warmup: int) -> dict:
-    """Examples/s of `method` for each padding's batches, after `warmup` untimed steps."""
+def make_step(method: str, task: str):
+    """The training command's compiled step for `method`, and its parameter counts."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -77,9 +78,8 @@ def time_method(method: str, task: str, batches: dict, warmup: int) -> dict:
     from adapter_bert.training import build_model, make_optimizer, make_train_step
 
     args = common.training_args(method, task)
-    glue_task = get_task(task)
     keras.utils.set_random_seed(0)
-    model = build_model(args, glue_task)
+    model = build_model(args, get_task(task))
     _, optimizer = make_optimizer(args, total_steps=1000)
     trainable = model.trainable_weights
     optimizer.build(trainable)
@@ -87,28 +87,52 @@ def time_method(method: str, task: str, batches: dict, warmup: int) -> dict:
     step = tf.function(make_train_step(model, optimizer, trainable, False, args.batch_size),
                        input_signature=[{k: spec for k in ("input_ids", "attention_mask", "token_type_ids")},
                                         tf.TensorSpec([None], tf.int32)])
-    figures = {"trainable_params": int(sum(np.prod(v.shape) for v in trainable)),
-               "total_params": int(sum(np.prod(v.shape) for v in model.weights))}
-    for name, chosen in batches.items():
-        # One untimed pass over the very batches timed: oneDNN builds its kernels per input shape
-        # and each padded length is a shape, so without it the first method timed would pay for
-        # every later one. `warmup` more steps settle the allocator.
-        for inputs, labels in chosen + chosen[:warmup]:
-            float(step(inputs, labels))
-        examples = tokens = 0
-        start = time.perf_counter()
-        for inputs, labels in chosen:
-            float(step(inputs, labels))
-            examples += int(labels.shape[0])
-            tokens += int(np.prod(inputs["input_ids"].shape))
-        seconds = time.perf_counter() - start
-        figures[name] = {"examples_per_second": round(examples / seconds, 2),
-                         "padded_tokens_per_second": round(tokens / seconds, 1),
-                         "mean_padded_length": round(tokens / examples, 1), "steps": len(chosen),
-                         "seconds": round(seconds, 2)}
-        print(f"{method:>9} {name:>8}: {examples / seconds:6.1f} ex/s "
-              f"(mean padded length {tokens / examples:.1f})", file=sys.stderr, flush=True)
-    del model, optimizer, step
+    counts = {"trainable_params": int(sum(np.prod(v.shape) for v in trainable)),
+              "total_params": int(sum(np.prod(v.shape) for v in model.weights))}
+    return step, counts
+
+
+def time_pass(step, chosen) -> tuple[float, int, int]:
+    """Seconds, examples and padded tokens of one pass of `step` over `chosen`."""
+    examples = tokens = 0
+    start = time.perf_counter()
+    for inputs, labels in chosen:
+        float(step(inputs, labels))  # reading the loss waits for the step
+        examples += int(labels.shape[0])
+        tokens += int(inputs["input_ids"].shape[0] * inputs["input_ids"].shape[1])
+    return time.perf_counter() - start, examples, tokens
+
+
+def time_methods(methods, task: str, batches: dict, rounds: int) -> dict:
+    """Median examples/s of every method and padding over `rounds` interleaved rounds.
+
+    All methods' models are built first. One untimed pass over the very batches timed comes first
+    (oneDNN builds its kernels per input shape, and each padded length is a shape, so the first
+    method timed would otherwise pay for every later one). Then each round times every method in
+    turn, so a slow spell of the machine lands in one round of several methods, not in all rounds
+    of one; the median over rounds discards it.
+    """
+    import statistics
+
+    steps, figures = {}, {}
+    for method in methods:
+        steps[method], figures[method] = make_step(method, task)
+        for chosen in batches.values():
+            time_pass(steps[method], chosen)
+    samples = {(m, p): [] for m in methods for p in batches}
+    for round_index in range(rounds):
+        for padding, chosen in batches.items():
+            for method in methods:
+                seconds, examples, tokens = time_pass(steps[method], chosen)
+                samples[method, padding].append((examples / seconds, tokens / examples))
+        print(f"round {round_index + 1}/{rounds}: " + ", ".join(
+            f"{m}/{p} {v[-1][0]:.1f}" for (m, p), v in samples.items()), file=sys.stderr, flush=True)
+    for (method, padding), values in samples.items():
+        rates = [rate for rate, _ in values]
+        figures[method][padding] = {
+            "examples_per_second": round(statistics.median(rates), 2),
+            "mean_padded_length": round(values[0][1], 1), "steps_per_round": len(batches[padding]),
+            "rounds": [round(r, 2) for r in rates]}
     gc.collect()
     return figures
 
@@ -118,8 +142,8 @@ def main(argv=None) -> int:
     parser.add_argument("--task", default="mrpc", choices=sorted(common.DATA_DIRS))
     parser.add_argument("--methods", default=",".join(common.METHODS))
     parser.add_argument("--paddings", default=",".join(PADDINGS))
-    parser.add_argument("--steps", type=int, default=24, help="timed steps per method and padding")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5, help="batches timed per round, method and padding")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=common.DEFAULT_OUT)
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
@@ -130,9 +154,9 @@ def main(argv=None) -> int:
 
     batches = epoch_batches(args.task, paddings, args.steps)
     save_batches(args.out / "train_batches.npz", batches)
-    results = {name: time_method(name, args.task, batches, args.warmup) for name in methods}
+    results = time_methods(methods, args.task, batches, args.rounds)
     report = {"benchmark": "train_throughput", "machine": common.machine(), "task": args.task,
-              "batch_size": 32, "max_seq_length": 128, "steps": args.steps, "warmup": args.warmup,
+              "batch_size": 32, "max_seq_length": 128, "steps": args.steps, "rounds": args.rounds,
               "command": " ".join([sys.executable] + sys.argv), "methods": results}
     if "houlsby" in results and "full" in results:
         report["houlsby_over_full"] = {

@@ -74,6 +74,12 @@ def test_report_summarises_runs_tables_and_plots(tmp_path):
     (results / "train_throughput.json").write_text(json.dumps(
         {"machine": machine, "methods": {"houlsby": method, "full": method},
          "houlsby_over_full": {"fixed": 1.0, "dynamic": 1.0}}))
+    peer_rows = [{"padding": p, "examples_per_second": v, "mean_padded_length": n}
+                 for p, v, n in [("fixed", 8.0, 128), ("dynamic", 16.0, 80)]]
+    (results / "peers").mkdir()
+    (results / "peers" / "peers.json").write_text(json.dumps({"results": {"throughput_mrpc": {
+        "machine": machine, "records": [{"system": "adapters_houlsby", "params": {"trainable": 300674},
+                                         "throughput": peer_rows}]}}}))
     docs.mkdir()
     (docs / "RESULTS.md").write_text(f"# R\n\nprose\n{report.START}\nold\n{report.END}\nmore prose\n")
 
@@ -85,6 +91,8 @@ def test_report_summarises_runs_tables_and_plots(tmp_path):
     assert "| houlsby | 1,000 | 1.00 | 86.0 ± 2.8 | 87.0 ± 1.4 | 2 |" in page
     assert "| adapter_bert houlsby | 1,000 | 10.0 | 20.0 |" in page
     assert "| Houlsby training ≥ 1.5x our full fine-tuning (fixed) | 1.00x | **missed** |" in page
+    assert "| adapters 1.3.0, double_seq_bn 32 | 300,674 | 8.0 | 16.0 |" in page
+    assert "| Houlsby training ≥ 1.2x the adapters library (fixed) | 1.25x | met |" in page
     assert "| Houlsby MRPC F1, best epoch ≥ 87 (mean of 2 seeds) | 87.0 | met |" in page
     for name in ("mrpc_score_vs_params.png", "train_throughput.png"):
         assert (docs / "results" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
