@@ -65,6 +65,10 @@ def _machine_line(report: dict) -> str:
     return f"_Machine: {m['cpu']}, {m['cores']} cores; {versions}._"
 
 
+def _order(method: str) -> int:
+    return common.METHODS.index(method) if method in common.METHODS else len(common.METHODS)
+
+
 def _table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -91,7 +95,7 @@ def train_section(res: dict) -> list[str]:
            _machine_line(train), ""]
     paddings = [p for p in ("fixed", "dynamic", "bucketed") if p in next(iter(train["methods"].values()))]
     rows = []
-    for method, fig in train["methods"].items():
+    for method, fig in sorted(train["methods"].items(), key=lambda kv: _order(kv[0])):
         rows.append([f"adapter_bert {method}", f"{fig['trainable_params']:,}"]
                     + [f"{fig[p]['examples_per_second']:.1f}" for p in paddings])
     if peers:
@@ -128,7 +132,8 @@ def inference_section(inf: dict) -> list[str]:
     rows = []
     for variant in inf["variants"][paddings[0]]:
         rows.append([variant] + [f"{inf['variants'][p][variant]['examples_per_second']:.1f} "
-                                 f"({100 * (inf['variants'][p][variant]['relative_to_base'] - 1):+.1f}%)"
+                                 f"({100 * (inf['variants'][p][variant]['relative_to_base'] - 1):+.1f}%, "
+                                 f"rounds {', '.join(f'{x:.0f}' for x in inf['variants'][p][variant]['rounds'])})"
                                  for p in paddings])
     out += [_table(["variant"] + [f"{p} padding (vs base)" for p in paddings], rows), ""]
     return out
@@ -140,7 +145,7 @@ def memory_section(mem: dict) -> list[str]:
     rows = [[m, f"{r['trainable_params']:,}", f"{r['rss_after_model_load_mb']:.0f}", f"{r['peak_rss_mb']:.0f}",
              f"{r['optimizer_state_mb']:.2f}",
              f"{100 * mem.get('peak_rss_below_full', {}).get(m, 0):.1f}%" if m != "full" else "-"]
-            for m, r in mem["methods"].items()]
+            for m, r in sorted(mem["methods"].items(), key=lambda kv: _order(kv[0]))]
     out += [_table(["method", "trainable params", "RSS after load (MB)", "peak RSS (MB)",
                     "optimizer state (MB)", "peak below full"], rows), ""]
     return out
@@ -177,6 +182,10 @@ def accuracy_section(res: dict) -> list[str]:
     return out
 
 
+def _cost(cost: float) -> str:
+    return f"{100 * cost:.1f}% slower" if cost >= 0 else f"{-100 * cost:.1f}% faster"
+
+
 def _verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
@@ -206,16 +215,18 @@ def targets_section(res: dict) -> list[str]:
             rows.append(["bucketing ≥ 2x fixed-128 (Houlsby, MRPC)", f"{ratio:.2f}x", _verdict(ratio >= 2)])
     if res["inference"]:
         for padding, variants in res["inference"]["variants"].items():
-            for name in ("lora_merged", "ia3_merged"):
+            # The base's own spread over rounds: a difference smaller than that is not measured.
+            base = variants["base"]
+            noise = (max(base["rounds"]) - min(base["rounds"])) / base["examples_per_second"]
+            checks = [(n, f"{n} inference within 2% of the base", 0.02) for n in ("lora_merged", "ia3_merged")]
+            checks += [(n, f"active {n} adapter costs ≤ 8%", 0.08) for n in ("houlsby", "pfeiffer", "parallel")]
+            for name, label, limit in checks:
                 if name in variants:
                     cost = 1 - variants[name]["relative_to_base"]
-                    rows.append([f"{name} inference within 2% of the base ({padding})",
-                                 f"{100 * cost:+.1f}% slower", _verdict(cost <= 0.02)])
-            for name in ("houlsby", "pfeiffer", "parallel"):
-                if name in variants:
-                    cost = 1 - variants[name]["relative_to_base"]
-                    rows.append([f"active {name} adapter costs ≤ 8% ({padding})",
-                                 f"{100 * cost:+.1f}% slower", _verdict(cost <= 0.08)])
+                    verdict = _verdict(cost <= limit)
+                    if noise > limit:
+                        verdict = f"not resolved (base varies {100 * noise:.0f}% between rounds)"
+                    rows.append([f"{label} ({padding})", _cost(cost), verdict])
     if res["memory"] and "peak_rss_below_full" in res["memory"]:
         below = res["memory"]["peak_rss_below_full"].get("houlsby")
         if below is not None:

@@ -27,14 +27,19 @@ def test_packaged_minilm_matches_pytorch_bertmodel():
     assert len(set(lengths)) >= 8 and lengths.min() < lengths.max()  # mixed lengths, padding
     assert (inputs["token_type_ids"].max(1) == 1).sum() >= 4  # sentence pairs among them
     encoder = load_pretrained_encoder("all-minilm-l6-v2")
-    out = encoder(inputs)
     real = inputs["attention_mask"].astype(bool)
-    seq_diff = np.abs(out["sequence_output"].numpy() - ref["last_hidden_state"])
-    assert seq_diff[real].max() < 1e-4
-    # Padded positions are never read by a head; they agree less tightly because their
-    # LayerNorm inputs have small variance, which amplifies float rounding.
-    assert seq_diff[~real].max() < 1e-3
-    np.testing.assert_allclose(out["pooled_output"], ref["pooler_output"], atol=1e-4, rtol=0)
+    for skip_padding in (True, False):
+        encoder.skip_padding = skip_padding
+        out = encoder(inputs)
+        seq_diff = np.abs(out["sequence_output"].numpy() - ref["last_hidden_state"])
+        assert seq_diff[real].max() < 1e-4
+        if skip_padding:  # the default: padded rows are never computed
+            assert not out["sequence_output"].numpy()[~real].any()
+        else:
+            # Padded positions are never read by a head; they agree less tightly because their
+            # LayerNorm inputs have small variance, which amplifies float rounding.
+            assert seq_diff[~real].max() < 1e-3
+        np.testing.assert_allclose(out["pooled_output"], ref["pooler_output"], atol=1e-4, rtol=0)
 
 
 def test_short_names_resolve_to_the_packaged_checkpoint():

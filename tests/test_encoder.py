@@ -126,7 +126,10 @@ def test_dense_hooks_and_residual_hooks_change_outputs_and_are_untracked():
 
     object.__setattr__(encoder.layers[0], "output_residual", residual)
     np.testing.assert_allclose(encoder(inputs)["sequence_output"], base, atol=1e-6)
-    assert calls == [(3, 10, 32)]
+    # Per-token hooks see the real tokens only ([n_tokens, hidden]); padded rows when not skipped.
+    encoder.skip_padding = False
+    encoder(inputs)
+    assert calls == [(int(inputs["attention_mask"].sum()), 32), (3, 10, 32)]
 
 
 def test_sequence_longer_than_positions_is_an_error():

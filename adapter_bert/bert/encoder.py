@@ -264,7 +264,9 @@ class BertLayer(keras.layers.Layer):
 
     Hook names (see `HOOK_POINTS`): `attention.query|key|value|output`, `intermediate`, `output`,
     `attention_ln`, `output_ln`. `attention_residual` and `output_residual` default to
-    `add_and_norm`; bottleneck adapters replace them.
+    `add_and_norm`; bottleneck adapters replace them. Every hook but attention's `kv_hooks` acts
+    per token: with `BertEncoder.skip_padding` it receives `[n_tokens, width]` real-token rows,
+    otherwise `[batch, seq, width]`.
     """
 
     def __init__(self, hidden_size, num_attention_heads, intermediate_size, layer_norm_eps=1e-12,
