@@ -309,8 +309,9 @@ def plot(res: dict, figures: Path) -> list[str]:
     if res["train"]:
         train = res["train"]["methods"]
         padding = "dynamic"
-        labels = [f"ours: {m}" for m in train] 
-        values = [train[m][padding]["examples_per_second"] for m in train]
+        ordered = sorted(train, key=_order)
+        labels = [f"ours: {m}" for m in ordered]
+        values = [train[m][padding]["examples_per_second"] for m in ordered]
         colors = ["tab:blue"] * len(train)
         if res["peers_train"]:
             for system, figs in peer_throughput(res["peers_train"]).items():
@@ -318,12 +319,12 @@ def plot(res: dict, figures: Path) -> list[str]:
                     labels.append(PEER_NAMES[system])
                     values.append(figs[padding][0])
                     colors.append("tab:orange")
-        fig, ax = plt.subplots(figsize=(7, 0.35 * len(labels) + 1.2))
+        fig, ax = plt.subplots(figsize=(8, 0.35 * len(labels) + 1.4))
         ax.barh(range(len(labels)), values, color=colors)
         ax.set_yticks(range(len(labels)), labels)
         ax.invert_yaxis()
-        ax.set_xlabel(f"training examples/s (batch 32, {padding} padding, MRPC, same batches)")
-        ax.set_title("Training throughput: adapter_bert (blue) and PyTorch peers (orange)")
+        ax.set_xlabel(f"examples/s (MRPC, batch 32, {padding} padding, same batches)")
+        ax.set_title("Training throughput: ours (blue), PyTorch peers (orange)")
         ax.grid(axis="x", alpha=0.3)
         fig.tight_layout()
         name = "train_throughput.png"
