@@ -10,29 +10,13 @@ RSS is measured alone), then prints the machine, the versions and the figures, a
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def machine() -> dict:
-    import keras
-    import tensorflow as tf
-
-    cpu = "unknown"
-    if Path("/proc/cpuinfo").is_file():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(),
-            "python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__}
+from common import REPO, machine
 
 
 def main() -> int:
