@@ -146,6 +146,30 @@ def run_worker(python: Path, args: argparse.Namespace, ckpt: str, system: str, j
     return json.loads(json_out.read_text())
 
 
+def finished_accuracy_run(json_out: Path, args: argparse.Namespace, seed: int) -> dict | None:
+    """Returns an earlier accuracy run's record if it was made with this command's settings.
+
+    An accuracy run takes minutes, so, like bench/accuracy.py, a finished one is kept and an
+    interrupted benchmark resumes. A record from other settings (epochs, padding, subsample,
+    batch, length, threads) is not reused.
+    """
+    if args.mode != "accuracy" or not json_out.exists():
+        return None
+    try:
+        record = json.loads(json_out.read_text())
+    except json.JSONDecodeError:
+        return None
+    wanted = {"seed": seed, "padding": args.padding.split(",")[0], "threads": args.threads,
+              "batch_size": args.batch_size, "max_seq_length": args.max_seq_length}
+    if any(record.get(name) != value for name, value in wanted.items()):
+        return None
+    if len(record.get("epochs", [])) != args.epochs:
+        return None
+    if args.train_subsample and record.get("train_examples") != args.train_subsample:
+        return None
+    return record
+
+
 def machine_info(record: dict, threads: int) -> dict:
     """Returns the machine and the peer stack's versions (as the worker reported them)."""
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),
@@ -264,7 +288,12 @@ def main() -> int:
     for system in systems:
         for seed in seeds:
             json_out = runs_dir / f"{args.mode}_{args.task}_{system}_seed{seed}.json"
-            records.append(run_worker(python, args, ckpt, system, json_out, seed))
+            record = finished_accuracy_run(json_out, args, seed)
+            if record is not None:
+                log(f"keeping the finished run {json_out.name}")
+            else:
+                record = run_worker(python, args, ckpt, system, json_out, seed)
+            records.append(record)
     entry = {"machine": machine_info(records[0], args.threads), "pins": PINS,
              "args": {name: value for name, value in vars(args).items() if name != "setup_only"},
              "checkpoint": ckpt, "command": " ".join([sys.executable, *sys.argv]),

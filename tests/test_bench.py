@@ -110,3 +110,26 @@ def test_every_benchmark_method_uses_its_flagfiles_learning_rate():
         lines = (common.REPO / "flags" / "methods" / f"{method}.flags").read_text().splitlines()
         rate = next(float(line.split("=", 1)[1]) for line in lines if line.startswith("--learning_rate="))
         assert common.LEARNING_RATES[method] == rate, method
+
+
+def test_peers_accuracy_keeps_only_runs_made_with_the_same_settings(tmp_path, monkeypatch):
+    import peers
+    monkeypatch.setattr(sys, "argv", ["peers.py", "--mode", "accuracy", "--epochs", "3",
+                                      "--padding", "dynamic"])
+    args = peers.parse_args()
+    record = {"seed": 1, "padding": "dynamic", "threads": 2, "batch_size": 32,
+              "max_seq_length": 128, "train_examples": 3668, "epochs": [{}, {}, {}]}
+    path = tmp_path / "run.json"
+    assert peers.finished_accuracy_run(path, args, 1) is None  # nothing there yet
+    path.write_text(json.dumps(record))
+    assert peers.finished_accuracy_run(path, args, 1) == record
+    assert peers.finished_accuracy_run(path, args, 2) is None  # another seed's file
+    path.write_text(json.dumps({**record, "epochs": [{}, {}]}))  # fewer epochs than asked
+    assert peers.finished_accuracy_run(path, args, 1) is None
+    path.write_text(json.dumps({**record, "padding": "fixed"}))
+    assert peers.finished_accuracy_run(path, args, 1) is None
+    path.write_text('{"seed": 1, "padd')  # a file cut short
+    assert peers.finished_accuracy_run(path, args, 1) is None
+    args.mode = "throughput"  # timings are never reused
+    path.write_text(json.dumps(record))
+    assert peers.finished_accuracy_run(path, args, 1) is None
