@@ -1,19 +1,27 @@
 """Inference throughput: the base model, the base with an active adapter, merged LoRA / (IA)^3.
 
-    python bench/inference.py [--task mrpc] [--rounds 3] [--out /tmp/adapter_bert_bench]
+    python bench/inference.py [--task mrpc] [--rounds 5] [--out /tmp/adapter_bert_bench]
 
 One packaged-MiniLM model holds every method's adapter and one classification head; each variant
-is a configuration of that model (so all share the same base weights and head) behind a fresh
-`tf.function` with one trace for every sequence length:
+is a configuration of it with a `tf.function` of its own, traced once for every sequence length
+while that configuration is set (which hooks run is baked into a trace):
 
-- `base`: no adapter active;
+- `base`: no adapter active; `base_control`: the same again, traced separately;
+  `base_instance`: the same in a second model instance;
 - `<method>`: that method's adapter active (LoRA and (IA)^3 unmerged: their hooks run);
-- `lora_merged`, `ia3_merged`: the adapter folded into the base weights by `merge_adapter`.
+- `lora_merged`, `ia3_merged`: the adapter folded into the base weights by `merge_adapter`, each
+  in a model instance of its own (merging rewrites the base kernels every other variant reads).
 
 Adapters get non-zero random weights (LoRA's B starts at zero, which a benchmark must not rely
-on). Each round times every variant over the task's whole dev split (batch 32, padded per batch
-and to 128); a variant's figure is its median over rounds, so a slow moment on the machine hits
-one round of every variant rather than one variant. Writes `<out>/inference.json`.
+on). Before timing, every function is run again and must reproduce the outputs it gave when
+traced, so no variant silently measures another's configuration.
+
+The costs to resolve are a few percent, while this machine's speed drifts by tens of percent over
+seconds, so variants are timed pairwise close in time: in each round, for every dev batch (batch
+32; padded per batch, and to 128), every variant runs that batch once, in a shuffled order. A
+variant's time for a batch is its median over rounds; its throughput is the dev split over the sum
+of those medians. The controls measure the resolution: their deviation from `base` is what noise
+(and, for `base_instance`, another instance) alone gives, and a smaller difference is not claimed. Writes `<out>/inference.json`.
 """
 
 from __future__ import annotations
@@ -72,7 +80,8 @@ def configure(model, variant: str) -> None:
         model.set_active_adapters(variant)
 
 
-def time_variant(model, batches) -> float:
+def predict_function(model, batches):
+    """A traced inference function for the model's current configuration, and its first outputs."""
     import tensorflow as tf
 
     spec = tf.TensorSpec([None, None], tf.int32)
@@ -81,43 +90,85 @@ def time_variant(model, batches) -> float:
     def predict(inputs):
         return model(inputs, training=False)
 
-    # One untimed pass: oneDNN prepares its kernels per input shape, and each padded length is a
-    # shape; without it the first variant timed would pay for every later one.
-    for inputs in batches:
-        predict(inputs).numpy()
-    examples = 0
-    start = time.perf_counter()
-    for inputs in batches:
-        examples += int(predict(inputs).numpy().shape[0])
-    return examples / (time.perf_counter() - start)
+    # Runs every batch once: the trace, and oneDNN's kernels for every padded length (a shape).
+    outputs = [predict(inputs).numpy() for inputs in batches]
+    return predict, outputs
+
+
+def variant_functions(task: str, batches) -> dict:
+    """Every variant's traced function, checked to still give its own outputs after all are built."""
+    import numpy as np
+
+    functions, expected = {}, {}
+    model = build(task)
+    for variant in ("base", "base_control", *ADAPTERS):
+        configure(model, "base" if variant == "base_control" else variant)
+        functions[variant], expected[variant] = predict_function(model, batches)
+    # Merged variants live in model instances of their own; so does this second control, which
+    # shows what another instance alone changes.
+    instance = build(task)
+    configure(instance, "base")
+    functions["base_instance"], expected["base_instance"] = predict_function(instance, batches)
+    for method in MERGEABLE:
+        merged = build(task)  # same seeds: the same weights as `model`
+        configure(merged, f"{method}_merged")
+        variant = f"{method}_merged"
+        functions[variant], expected[variant] = predict_function(merged, batches)
+        # Folding the adapter in must not change what it computes.
+        np.testing.assert_allclose(expected[variant][0], expected[method][0], atol=1e-4)
+    for variant, predict in functions.items():
+        np.testing.assert_allclose(predict(batches[0]).numpy(), expected[variant][0], atol=1e-5,
+                                   err_msg=f"{variant} no longer computes its own configuration")
+    return functions
+
+
+def time_interleaved(functions: dict, batches, rounds: int, seed: int = 0) -> dict:
+    """Seconds per (variant, batch, round), every variant running each batch close in time."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    names = list(functions)
+    seconds = {name: [[] for _ in batches] for name in names}
+    for round_index in range(rounds):
+        for index, inputs in enumerate(batches):
+            for name in rng.permutation(names):
+                start = time.perf_counter()
+                functions[name](inputs).numpy()
+                seconds[name][index].append(time.perf_counter() - start)
+        print(f"round {round_index + 1}/{rounds}: " + ", ".join(
+            f"{name} {sum(s[-1] for s in seconds[name]):.2f}s" for name in names),
+            file=sys.stderr, flush=True)
+    return seconds
+
+
+def summarise(seconds: dict, examples: int) -> dict:
+    """Throughput from per-batch medians; relative_to_base > 1 is faster than the base."""
+    total = {name: sum(statistics.median(batch) for batch in per_batch)
+             for name, per_batch in seconds.items()}
+    rounds = len(next(iter(seconds.values()))[0])
+    return {name: {"examples_per_second": round(examples / t, 1),
+                   "relative_to_base": round(total["base"] / t, 4),
+                   "rounds": [round(examples / sum(batch[r] for batch in seconds[name]), 1)
+                              for r in range(rounds)]}
+            for name, t in total.items()}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="mrpc", choices=sorted(common.DATA_DIRS))
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=common.DEFAULT_OUT)
     args = parser.parse_args(argv)
 
-    model = build(args.task)
-    variants = ["base", *ADAPTERS, *(f"{m}_merged" for m in MERGEABLE)]
+    paddings = {"dynamic": dev_batches(args.task, "dynamic"), "fixed": dev_batches(args.task, "max_length")}
+    functions = variant_functions(args.task, [b for batches in paddings.values() for b in batches])
     figures = {}
-    for padding, label in (("dynamic", "dynamic"), ("max_length", "fixed")):
-        batches = dev_batches(args.task, padding)
-        samples = {v: [] for v in variants}
-        for round_index in range(args.rounds):
-            for variant in variants:
-                configure(model, variant)
-                samples[variant].append(time_variant(model, batches))
-            print(f"{label} round {round_index + 1}/{args.rounds}: "
-                  + ", ".join(f"{v} {s[-1]:.0f}" for v, s in samples.items()), file=sys.stderr, flush=True)
-        base = statistics.median(samples["base"])
-        figures[label] = {
-            v: {"examples_per_second": round(statistics.median(s), 1),
-                "relative_to_base": round(statistics.median(s) / base, 4),
-                "rounds": [round(x, 1) for x in s]}
-            for v, s in samples.items()}
-    configure(model, "base")
+    for label, batches in paddings.items():
+        seconds = time_interleaved(functions, batches, args.rounds)
+        figures[label] = summarise(seconds, sum(int(b["input_ids"].shape[0]) for b in batches))
+        print(f"{label}: resolution " + ", ".join(
+            f"{c} vs base {100 * abs(figures[label][c]['relative_to_base'] - 1):.1f}%"
+            for c in ("base_control", "base_instance")), file=sys.stderr, flush=True)
     report = {"benchmark": "inference", "machine": common.machine(), "task": args.task,
               "split": "dev", "batch_size": 32, "rounds": args.rounds,
               "command": " ".join([sys.executable] + sys.argv), "variants": figures}

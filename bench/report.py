@@ -126,8 +126,11 @@ def train_section(res: dict) -> list[str]:
 
 
 def inference_section(inf: dict) -> list[str]:
-    out = ["### Inference throughput (examples/s, MRPC dev, batch 32; median of "
-           f"{inf['rounds']} rounds)", "", _machine_line(inf), ""]
+    out = ["### Inference throughput (examples/s, MRPC dev, batch 32; per-batch medians of "
+           f"{inf['rounds']} interleaved rounds)", "", _machine_line(inf), "",
+           "`base_control` is the base traced a second time and `base_instance` the base in a second "
+           "model instance (as the merged variants are): their difference from `base` is the noise of "
+           "the measurement, and a smaller cost is not claimed.", ""]
     paddings = list(inf["variants"])
     rows = []
     for variant in inf["variants"][paddings[0]]:
@@ -139,15 +142,23 @@ def inference_section(inf: dict) -> list[str]:
     return out
 
 
+MEMORY_PADDINGS = {"fixed": "every batch padded to 128 tokens",
+                   "bucketed": "length buckets as in the accuracy runs, an epoch's heaviest batches"}
+
+
 def memory_section(mem: dict) -> list[str]:
-    out = ["### Memory (peak RSS of a training process, batch 32 x 128 tokens)", "",
-           _machine_line(mem), ""]
-    rows = [[m, f"{r['trainable_params']:,}", f"{r['rss_after_model_load_mb']:.0f}", f"{r['peak_rss_mb']:.0f}",
-             f"{r['optimizer_state_mb']:.2f}",
-             f"{100 * mem.get('peak_rss_below_full', {}).get(m, 0):.1f}%" if m != "full" else "-"]
-            for m, r in sorted(mem["methods"].items(), key=lambda kv: _order(kv[0]))]
-    out += [_table(["method", "trainable params", "RSS after load (MB)", "peak RSS (MB)",
-                    "optimizer state (MB)", "peak below full"], rows), ""]
+    out = ["### Memory (peak RSS of a training process, batch 32)", "", _machine_line(mem), ""]
+    for padding, entry in mem["paddings"].items():
+        lengths = sorted({n for r in entry["methods"].values() for n in r.get("padded_lengths", [])})
+        out += [f"**{padding}** ({MEMORY_PADDINGS.get(padding, padding)}; padded lengths "
+                f"{', '.join(map(str, lengths))})", ""]
+        below = entry.get("peak_rss_below_full", {})
+        rows = [[m, f"{r['trainable_params']:,}", f"{r['rss_after_model_load_mb']:.0f}",
+                 f"{r['peak_rss_mb']:.0f}", f"{r['optimizer_state_mb']:.2f}",
+                 f"{100 * below[m]:.1f}%" if m in below else "-"]
+                for m, r in sorted(entry["methods"].items(), key=lambda kv: _order(kv[0]))]
+        out += [_table(["method", "trainable params", "RSS after load (MB)", "peak RSS (MB)",
+                        "optimizer state (MB)", "peak below full"], rows), ""]
     return out
 
 
@@ -215,23 +226,24 @@ def targets_section(res: dict) -> list[str]:
             rows.append(["bucketing ≥ 2x fixed-128 (Houlsby, MRPC)", f"{ratio:.2f}x", _verdict(ratio >= 2)])
     if res["inference"]:
         for padding, variants in res["inference"]["variants"].items():
-            # The base's own spread over rounds: a difference smaller than that is not measured.
-            base = variants["base"]
-            noise = (max(base["rounds"]) - min(base["rounds"])) / base["examples_per_second"]
+            # The base against itself: a difference smaller than that is not measured.
+            controls = [abs(variants[c]["relative_to_base"] - 1) for c in ("base_control", "base_instance")
+                        if c in variants]
+            noise = max(controls) if controls else 1.0
             checks = [(n, f"{n} inference within 2% of the base", 0.02) for n in ("lora_merged", "ia3_merged")]
             checks += [(n, f"active {n} adapter costs ≤ 8%", 0.08) for n in ("houlsby", "pfeiffer", "parallel")]
             for name, label, limit in checks:
                 if name in variants:
                     cost = 1 - variants[name]["relative_to_base"]
                     verdict = _verdict(cost <= limit)
-                    if noise > limit:
-                        verdict = f"not resolved (base varies {100 * noise:.0f}% between rounds)"
+                    if noise > limit / 2:
+                        verdict = f"not resolved (base vs itself {100 * noise:.1f}%)"
                     rows.append([f"{label} ({padding})", _cost(cost), verdict])
-    if res["memory"] and "peak_rss_below_full" in res["memory"]:
-        below = res["memory"]["peak_rss_below_full"].get("houlsby")
+    for padding, entry in (res["memory"] or {}).get("paddings", {}).items():
+        below = entry.get("peak_rss_below_full", {}).get("houlsby")
         if below is not None:
-            rows.append(["Houlsby training peak RSS ≥ 25% below full fine-tuning", f"{100 * below:.1f}% below",
-                         _verdict(below >= 0.25)])
+            rows.append([f"Houlsby training peak RSS ≥ 25% below full fine-tuning ({padding})",
+                         f"{100 * below:.1f}% below", _verdict(below >= 0.25)])
     mrpc = res["accuracy"].get("mrpc", {})
     if "houlsby" in mrpc:
         h = mrpc["houlsby"]

@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 OUT="${1:-/tmp/adapter_bert_bench}"
 export HF_HUB_OFFLINE=1
 
-python bench/train_throughput.py --steps 5 --rounds 3 --out "$OUT"
-python bench/peers.py --mode throughput --task mrpc --batches_npz "$OUT/train_batches.npz" --out "$OUT/peers"
+python bench/train_throughput.py --steps 5 --rounds 5 --out "$OUT"
+python bench/peers.py --mode throughput --task mrpc --batches_npz "$OUT/train_batches.npz" --rounds 5 --out "$OUT/peers"
 python bench/inference.py --rounds 3 --out "$OUT"
 python bench/memory.py --steps 4 --out "$OUT"
 python bench/onednn.py --out "$OUT"

@@ -1,6 +1,6 @@
 """Training throughput (examples/s) of every method preset and of full fine-tuning, in one run.
 
-    python bench/train_throughput.py [--task mrpc] [--steps 5] [--rounds 3] [--out /tmp/adapter_bert_bench]
+    python bench/train_throughput.py [--task mrpc] [--steps 5] [--rounds 5] [--out /tmp/adapter_bert_bench]
 
 Every method trains the packaged MiniLM through the training command's own pieces
 (`build_model`, `make_optimizer`, `make_train_step`, one `tf.function` for all sequence lengths)
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default=",".join(common.METHODS))
     parser.add_argument("--paddings", default=",".join(PADDINGS))
     parser.add_argument("--steps", type=int, default=5, help="batches timed per round, method and padding")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=common.DEFAULT_OUT)
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]

@@ -80,6 +80,21 @@ def test_report_summarises_runs_tables_and_plots(tmp_path):
     (results / "peers" / "peers.json").write_text(json.dumps({"results": {"throughput_mrpc": {
         "machine": machine, "records": [{"system": "adapters_houlsby", "params": {"trainable": 300674},
                                          "throughput": peer_rows}]}}}))
+    memory = {"trainable_params": 10, "rss_after_model_load_mb": 1000, "optimizer_state_mb": 0.1}
+    (results / "memory.json").write_text(json.dumps({"machine": machine, "paddings": {
+        "fixed": {"methods": {"houlsby": {**memory, "peak_rss_mb": 1800, "padded_lengths": [128]},
+                              "full": {**memory, "peak_rss_mb": 2000, "padded_lengths": [128]}},
+                  "peak_rss_below_full": {"houlsby": 0.1}},
+        "bucketed": {"methods": {"houlsby": {**memory, "peak_rss_mb": 1500, "padded_lengths": [96, 90]},
+                                 "full": {**memory, "peak_rss_mb": 2000, "padded_lengths": [96, 90]}},
+                     "peak_rss_below_full": {"houlsby": 0.25}}}}))
+    def variant(relative):
+        return {"examples_per_second": 100 * relative, "relative_to_base": relative, "rounds": [100.0]}
+    (results / "inference.json").write_text(json.dumps({"machine": machine, "rounds": 1, "variants": {
+        "dynamic": {"base": variant(1.0), "base_control": variant(0.995), "lora_merged": variant(0.99),
+                    "houlsby": variant(0.9)},
+        "fixed": {"base": variant(1.0), "base_control": variant(1.03), "lora_merged": variant(1.0),
+                  "houlsby": variant(0.95)}}}))
     docs.mkdir()
     (docs / "RESULTS.md").write_text(f"# R\n\nprose\n{report.START}\nold\n{report.END}\nmore prose\n")
 
@@ -94,6 +109,12 @@ def test_report_summarises_runs_tables_and_plots(tmp_path):
     assert "| adapters 1.3.0, double_seq_bn 32 | 300,674 | 8.0 | 16.0 |" in page
     assert "| Houlsby training ≥ 1.2x the adapters library (fixed) | 1.25x | met |" in page
     assert "| Houlsby MRPC F1, best epoch ≥ 87 (mean of 2 seeds) | 87.0 | met |" in page
+    assert "| lora_merged inference within 2% of the base (dynamic) | 1.0% slower | met |" in page
+    assert "| active houlsby adapter costs ≤ 8% (dynamic) | 10.0% slower | **missed** |" in page
+    assert "| lora_merged inference within 2% of the base (fixed) | 0.0% slower | not resolved" in page
+    assert "| Houlsby training peak RSS ≥ 25% below full fine-tuning (fixed) | 10.0% below | **missed** |" in page
+    assert "| Houlsby training peak RSS ≥ 25% below full fine-tuning (bucketed) | 25.0% below | met |" in page
+    assert "padded lengths 90, 96" in page and "| houlsby | 10 | 1000 | 1500 | 0.10 | 25.0% |" in page
     for name in ("mrpc_score_vs_params.png", "train_throughput.png"):
         assert (docs / "results" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -133,3 +154,27 @@ def test_peers_accuracy_keeps_only_runs_made_with_the_same_settings(tmp_path, mo
     args.mode = "throughput"  # timings are never reused
     path.write_text(json.dumps(record))
     assert peers.finished_accuracy_run(path, args, 1) is None
+
+
+def test_memory_bench_trains_an_epochs_heaviest_batches():
+    import memory
+    heaviest = memory.heaviest_batches("mrpc", "bucketed", 3)
+    lengths = [int(inputs["input_ids"].shape[1]) for inputs, _ in heaviest]
+    assert len(lengths) == 3 and lengths == sorted(lengths, reverse=True)
+    assert all(int(labels.shape[0]) == 32 for _, labels in heaviest)
+    # Only 5 MRPC training pairs exceed 96 tokens (the longest has 103): their batch of 5 rows is
+    # lighter than a full batch from the 64-96 bucket, which is therefore the heaviest.
+    assert lengths[0] == 96
+    fixed = memory.heaviest_batches("mrpc", "fixed", 2)
+    assert [int(inputs["input_ids"].shape[1]) for inputs, _ in fixed] == [128, 128]
+
+
+def test_inference_figures_are_per_batch_medians_relative_to_the_base():
+    import inference
+    # Two batches, three rounds; round 2 is a slow spell that hits both variants alike.
+    seconds = {"base": [[1.0, 3.0, 1.0], [2.0, 6.0, 2.0]],
+               "lora_merged": [[1.1, 3.3, 1.1], [2.2, 6.6, 2.2]]}
+    figures = inference.summarise(seconds, examples=64)
+    assert figures["base"] == {"examples_per_second": round(64 / 3.0, 1), "relative_to_base": 1.0,
+                               "rounds": [21.3, 7.1, 21.3]}
+    assert figures["lora_merged"]["relative_to_base"] == round(3.0 / 3.3, 4)
