@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default=",".join(common.METHODS))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--sst2_train_examples", type=int, default=4000)
+    parser.add_argument("--sst2_train_examples", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=common.DEFAULT_OUT)
     args = parser.parse_args(argv)
     tasks = [t for t in args.tasks.split(",") if t]
