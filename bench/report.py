@@ -146,7 +146,22 @@ MEMORY_PADDINGS = {"fixed": "every batch padded to 128 tokens",
                    "bucketed": "length buckets as in the accuracy runs, an epoch's heaviest batches"}
 
 
-def memory_section(mem: dict) -> list[str]:
+def peer_memory_lines(peers_train: dict | None) -> list[str]:
+    """The peers' peak RSS in their throughput runs (fixed 128 and dynamic batches, one process each)."""
+    records = {r["system"]: r for r in (peers_train or {}).get("records", []) if "peak_rss_mb" in r}
+    if not records:
+        return []
+    out = ["For comparison, the PyTorch peers' peak RSS over their throughput runs (the same batches, "
+           "fixed 128 included):", ""]
+    out += [f"- {PEER_NAMES[s]}: {r['peak_rss_mb']:.0f} MB" for s, r in records.items()]
+    if "torch_full" in records:
+        full = records["torch_full"]["peak_rss_mb"]
+        out += [f"- {PEER_NAMES[s]} below PyTorch full fine-tuning: {100 * (1 - r['peak_rss_mb'] / full):.1f}%"
+                for s, r in records.items() if s != "torch_full"]
+    return out + [""]
+
+
+def memory_section(mem: dict, peers_train: dict | None = None) -> list[str]:
     out = ["### Memory (peak RSS of a training process, batch 32)", "", _machine_line(mem), ""]
     for padding, entry in mem["paddings"].items():
         lengths = sorted({n for r in entry["methods"].values() for n in r.get("padded_lengths", [])})
@@ -159,7 +174,7 @@ def memory_section(mem: dict) -> list[str]:
                 for m, r in sorted(entry["methods"].items(), key=lambda kv: _order(kv[0]))]
         out += [_table(["method", "trainable params", "RSS after load (MB)", "peak RSS (MB)",
                         "optimizer state (MB)", "peak below full"], rows), ""]
-    return out
+    return out + peer_memory_lines(peers_train)
 
 
 def accuracy_section(res: dict) -> list[str]:
@@ -287,7 +302,7 @@ def render_tables(res: dict) -> str:
     if res["inference"]:
         parts += inference_section(res["inference"])
     if res["memory"]:
-        parts += memory_section(res["memory"])
+        parts += memory_section(res["memory"], res["peers_train"])
     if res["accuracy"] or res["peers_accuracy"]:
         parts += accuracy_section(res)
     return "\n".join(parts) if parts else "_No benchmark results found._"

@@ -79,7 +79,9 @@ def test_report_summarises_runs_tables_and_plots(tmp_path):
     (results / "peers").mkdir()
     (results / "peers" / "peers.json").write_text(json.dumps({"results": {"throughput_mrpc": {
         "machine": machine, "records": [{"system": "adapters_houlsby", "params": {"trainable": 300674},
-                                         "throughput": peer_rows}]}}}))
+                                         "throughput": peer_rows, "peak_rss_mb": 1800.0},
+                                        {"system": "torch_full", "params": {"trainable": 22713986},
+                                         "throughput": peer_rows, "peak_rss_mb": 2000.0}]}}}))
     memory = {"trainable_params": 10, "rss_after_model_load_mb": 1000, "optimizer_state_mb": 0.1}
     (results / "memory.json").write_text(json.dumps({"machine": machine, "paddings": {
         "fixed": {"methods": {"houlsby": {**memory, "peak_rss_mb": 1800, "padded_lengths": [128]},
@@ -114,6 +116,7 @@ def test_report_summarises_runs_tables_and_plots(tmp_path):
     assert "| lora_merged inference within 2% of the base (fixed) | 0.0% slower | not resolved" in page
     assert "| Houlsby training peak RSS ≥ 25% below full fine-tuning (fixed) | 10.0% below | **missed** |" in page
     assert "| Houlsby training peak RSS ≥ 25% below full fine-tuning (bucketed) | 25.0% below | met |" in page
+    assert "- adapters 1.3.0, double_seq_bn 32 below PyTorch full fine-tuning: 10.0%" in page
     assert "padded lengths 90, 96" in page and "| houlsby | 10 | 1000 | 1500 | 0.10 | 25.0% |" in page
     for name in ("mrpc_score_vs_params.png", "train_throughput.png"):
         assert (docs / "results" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
