@@ -36,6 +36,10 @@ class AdapterConfig:
     """
 
     architecture: ClassVar[str | None] = None
+    #: Options of the adapters library's version of this config that adapter_bert does not
+    #: implement, with the library's default values. Configs saved by the library always hold
+    #: them, so they are accepted (and dropped) at their default and refused otherwise.
+    library_only: ClassVar[dict[str, Any]] = {}
 
     def __post_init__(self):
         object.__setattr__(self, "_frozen", True)
@@ -69,8 +73,32 @@ class AdapterConfig:
         return getattr(self, key, default)
 
     def replace(self, **changes) -> "AdapterConfig":
-        """A copy with some fields changed (unknown names are a TypeError)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed.
+
+        Raises:
+            ValueError: an adapters library option that adapter_bert does not implement is set
+                to something other than the library's default.
+            TypeError: a name that is neither a field nor such an option.
+        """
+        return dataclasses.replace(self, **self._without_library_only(changes))
+
+    @classmethod
+    def _without_library_only(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """`values` less the library-only options (see `library_only`).
+
+        Raises:
+            ValueError: naming every such option that is not at the library's default.
+        """
+        fields = cls._field_names()
+        extra = {k: v for k, v in values.items() if k in cls.library_only and k not in fields}
+        unsupported = {k: v for k, v in extra.items() if v != cls.library_only[k]}
+        if unsupported:
+            given = ", ".join(f"{k}={v!r}" for k, v in sorted(unsupported.items()))
+            defaults = ", ".join(f"{k}={cls.library_only[k]!r}" for k in sorted(unsupported))
+            raise ValueError(f"{cls.__name__} ({cls.architecture}): the adapters library option(s) "
+                             f"{given} are not implemented in adapter_bert; remove them or use the "
+                             f"library default(s) {defaults}")
+        return {k: v for k, v in values.items() if k not in extra}
 
     def to_dict(self) -> dict[str, Any]:
         values = {"architecture": self.architecture}
@@ -88,6 +116,10 @@ class AdapterConfig:
         target = cls if cls not in (AdapterConfig,) else config_class_for(values)
         values.pop("architecture", None)
         values.pop("config_class", None)
+        values = target._without_library_only(values)
+        unknown = sorted(set(values) - target._field_names())
+        if unknown:
+            raise TypeError(f"{target.__name__} has no field(s) {unknown}")
         return target(**values)
 
     @staticmethod
@@ -138,9 +170,9 @@ def _load_json_config(path: str) -> AdapterConfig:
 class ConfigUnion(AdapterConfig):
     """Several method configs used together by one adapter, e.g. prefix tuning plus a parallel adapter.
 
-    Two configs conflict (ValueError) when they are the same non-bottleneck method, or bottleneck
-    adapters at the same location (`mh_adapter` / `output_adapter`) in a shared layer. A union
-    inside a union is a TypeError.
+    The rules for two configs of one method follow the adapters library (see `validate_configs`).
+    A union inside a union is a TypeError. Subclasses (`MAMConfig`) keep their class through
+    `replace` and a save / load round trip.
 
     Example:
     >>> from adapter_bert.methods.prefix import PrefixTuningConfig
@@ -168,25 +200,41 @@ class ConfigUnion(AdapterConfig):
     def validate_configs(configs, num_layers: int | None = None) -> None:
         """Raises ValueError when two configs would act on the same place.
 
-        Without `num_layers`, bottleneck adapters count as disjoint when their `leave_out` lists
-        together cover layers 0..max(leave_out); `AdapterBertModel.add_adapter` checks again with
-        the real number of layers.
+        On its own (no `num_layers`) a union is checked as the adapters library's
+        `ConfigUnion.validate` does: configs of different methods always combine; two of one method
+        combine when either has a `leave_out` (which layers remain is known only with the model),
+        or when they are bottleneck adapters at complementary locations (one only after attention,
+        the other only after the feed-forward sublayer).
+
+        With the model's `num_layers` (`AdapterBertModel.add_adapter`), the union is then checked
+        as the library does when it builds the adapter: two bottleneck adapters, or two LoRA /
+        (IA)^3 configs, conflict when both act at one location of one layer; two configs of any
+        other method conflict wherever they are (the library builds one prefix pool per adapter).
         """
-        for i, a in enumerate(configs):
-            for b in configs[i + 1:]:
-                if a.architecture != b.architecture:
+        pairs = [(a, b) for i, a in enumerate(configs) for b in configs[i + 1:]
+                 if a.architecture == b.architecture]
+        for a, b in pairs:
+            if a.get("leave_out") or b.get("leave_out"):
+                continue
+            if a.architecture == "bottleneck":
+                if a.mh_adapter != b.mh_adapter and a.output_adapter != b.output_adapter:
                     continue
-                if a.architecture != "bottleneck":
-                    raise ValueError(f"a union cannot hold two {a.architecture} configs")
-                same_place = (a.mh_adapter and b.mh_adapter) or (a.output_adapter and b.output_adapter)
-                if not same_place:
+                raise ValueError("two bottleneck adapters of a union sit at the same location "
+                                 "(mh_adapter / output_adapter) in every layer")
+            raise ValueError(f"a union cannot hold two {a.architecture} configs")
+        if num_layers is None:
+            return
+        for a, b in pairs:
+            if a.architecture not in _LOCATIONS:
+                raise ValueError(f"a union cannot hold two {a.architecture} configs")
+            what, locations = _LOCATIONS[a.architecture]
+            for layer in range(num_layers):
+                if layer in a.leave_out or layer in b.leave_out:
                     continue
-                left_out = set(a.leave_out) | set(b.leave_out)
-                layers = range(num_layers) if num_layers is not None else range(max(left_out, default=-1) + 1)
-                shared = [n for n in layers if n not in a.leave_out and n not in b.leave_out]
-                if shared or (num_layers is None and not left_out):
-                    raise ValueError("two bottleneck adapters of a union sit at the same location "
-                                     f"in layer {shared[0] if shared else 0}")
+                shared = [key for key in locations if getattr(a, key) and getattr(b, key)]
+                if shared:
+                    raise ValueError(f"two {what} of a union sit at the same location in layer "
+                                     f"{layer} ({shared[0]})")
 
     def __iter__(self):
         return iter(self.configs)
@@ -203,25 +251,41 @@ class ConfigUnion(AdapterConfig):
         return isinstance(other, ConfigUnion) and self.configs == other.configs
 
     def __repr__(self):
-        return f"ConfigUnion({', '.join(map(repr, self.configs))})"
+        return f"{type(self).__name__}({', '.join(map(repr, self.configs))})"
 
     def replace(self, **changes) -> "ConfigUnion":
-        """Replaces the given fields in every member config that has them."""
-        unknown = set(changes) - set().union(*(c._field_names() for c in self.configs))
+        """Replaces the given fields in every member that has them; the union keeps its class."""
+        def known(config):
+            return config._field_names() | set(config.library_only)
+
+        unknown = set(changes) - set().union(*(known(c) for c in self.configs))
         if unknown:
             raise TypeError(f"no config in the union has field(s) {sorted(unknown)}")
-        return ConfigUnion(*(c.replace(**{k: v for k, v in changes.items() if k in c._field_names()})
-                             for c in self.configs))
+        return type(self)(*(c.replace(**{k: v for k, v in changes.items() if k in known(c)})
+                            for c in self.configs))
 
     def to_dict(self) -> dict[str, Any]:
         return {"architecture": "union", "configs": [c.config_dict() for c in self.configs]}
 
     def config_dict(self) -> dict[str, Any]:
-        return self.to_dict()
+        # The adapters library reads only "architecture" and "configs" of a union, so the class
+        # name rides along harmlessly and lets a saved MAMConfig reload as one.
+        return dict(self.to_dict(), config_class=type(self).__name__)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ConfigUnion":
-        return cls(*(AdapterConfig.from_dict(c) for c in values["configs"]))
+        from adapter_bert.methods.registry import union_class_for
+
+        target = union_class_for(values) if cls is ConfigUnion else cls
+        return target(*(AdapterConfig.from_dict(c) for c in values["configs"]))
+
+
+# The methods that may appear twice in a union when at different places, the places being the
+# adapters library's location keys: what errors call them, and the config flags of each place.
+_LOCATIONS = {
+    "bottleneck": ("bottleneck adapters", ("mh_adapter", "output_adapter")),
+    "lora": ("LoRA / (IA)^3 configs", ("selfattn_lora", "intermediate_lora", "output_lora")),
+}
 
 
 # --- the config-string grammar -------------------------------------------------------------------

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from adapter_bert import (AdapterConfig, ConfigUnion, DoubleSeqBnConfig, IA3Config, LoRAConfig,
-                          MAMConfig, ParBnConfig, PrefixTuningConfig, SeqBnConfig)
+from adapter_bert import (AdapterConfig, BitFitConfig, ConfigUnion, DoubleSeqBnConfig, IA3Config,
+                          LoRAConfig, MAMConfig, ParBnConfig, PrefixTuningConfig, SeqBnConfig)
 from adapter_bert.methods.registry import ADAPTER_CONFIG_MAP, config_identifier
 
 
@@ -138,3 +138,144 @@ def test_library_aliases_and_loading_semantics():
     # A library dict without "architecture" is a bottleneck config.
     assert AdapterConfig.load({"mh_adapter": True, "output_adapter": False, "reduction_factor": 8,
                                "non_linearity": "relu"}).reduction_factor == 8
+
+
+# --- configs saved by the adapters library (1.3.0) --------------------------------------------
+# What its `to_dict()` writes for each method: every field, including the options adapter_bert does
+# not implement, at their defaults. Bottleneck dicts carry no "architecture" key there.
+
+_LIBRARY_BN_ONLY = {
+    "init_weights_seed": None, "inv_adapter": None, "inv_adapter_reduction_factor": None,
+    "cross_adapter": False, "phm_layer": False, "phm_dim": 4, "factorized_phm_W": True,
+    "shared_W_phm": False, "shared_phm_rule": True, "factorized_phm_rule": False,
+    "phm_c_init": "normal", "phm_init_range": 0.0001, "learn_phm": True,
+    "hypercomplex_nonlinearity": "glorot-uniform", "phm_rank": 1, "phm_bias": True,
+    "stochastic_depth": 0.0}
+_LIBRARY_LORA_ONLY = {"init_weights_seed": None, "use_dora": False, "vera_d": None, "vera_b": None,
+                      "dtype": None}
+
+
+def _library_dict(config):
+    """`config` as the adapters library would save it: our fields plus its extra options."""
+    values = config.to_dict()
+    if config.architecture == "bottleneck":
+        del values["architecture"]
+        values.pop("task_layer_norm")  # adapter_bert's own option, at its default here
+        values.update(_LIBRARY_BN_ONLY)
+    elif config.architecture == "lora":
+        values.update(_LIBRARY_LORA_ONLY)
+    elif config.architecture == "prefix_tuning":
+        values["init_weights_seed"] = None
+    return values
+
+
+@pytest.mark.parametrize("config", [SeqBnConfig(), DoubleSeqBnConfig(reduction_factor=24),
+                                    ParBnConfig(), LoRAConfig(r=4), IA3Config(alpha=2),
+                                    PrefixTuningConfig(flat=True)],
+                         ids=["seq_bn", "double_seq_bn", "par_bn", "lora", "ia3", "prefix_flat"])
+def test_library_dicts_with_default_only_options_load(config):
+    loaded = AdapterConfig.load(_library_dict(config))
+    assert {k: v for k, v in loaded.to_dict().items() if k != "architecture"} == \
+        {k: v for k, v in config.to_dict().items() if k != "architecture"}
+    assert type(loaded).__name__ == ("BnConfig" if config.architecture == "bottleneck"
+                                     else type(config).__name__)
+
+
+def test_library_mam_dict_loads_with_the_same_values():
+    values = {"architecture": "union", "configs": [_library_dict(c) for c in MAMConfig()]}
+    loaded = AdapterConfig.load(values)
+    # The library's bottleneck dicts do not name their class, so the adapter part is a BnConfig.
+    assert [type(c).__name__ for c in loaded] == ["PrefixTuningConfig", "BnConfig"]
+    assert [c.to_dict() for c in loaded] == [c.to_dict() for c in MAMConfig()]
+
+
+@pytest.mark.parametrize("config, changes, keys", [
+    (SeqBnConfig(), {"phm_layer": True}, ["phm_layer"]),
+    (DoubleSeqBnConfig(), {"inv_adapter": "nice", "inv_adapter_reduction_factor": 2},
+     ["inv_adapter", "inv_adapter_reduction_factor"]),
+    (ParBnConfig(), {"cross_adapter": True, "shared_W_phm": True, "phm_dim": 8},
+     ["cross_adapter", "phm_dim", "shared_W_phm"]),
+    (LoRAConfig(), {"use_dora": True}, ["use_dora"]),
+    (IA3Config(), {"dtype": "bfloat16"}, ["dtype"]),
+    (PrefixTuningConfig(), {"init_weights_seed": 42}, ["init_weights_seed"]),
+])
+def test_library_only_options_off_their_default_are_a_clear_error(config, changes, keys):
+    values = dict(_library_dict(config), **changes)
+    with pytest.raises(ValueError) as info:
+        AdapterConfig.load(values)
+    message = str(info.value)
+    assert f"{type(config).__name__ if config.architecture != 'bottleneck' else 'BnConfig'} " \
+           f"({config.architecture})" in message
+    for key in keys:
+        assert f"{key}={changes[key]!r}" in message
+    assert "adapters library" in message and "not implemented" in message
+    assert [k for k in _LIBRARY_BN_ONLY | _LIBRARY_LORA_ONLY if f"{k}=" in message] == \
+        [k for k in _LIBRARY_BN_ONLY | _LIBRARY_LORA_ONLY if k in keys]  # only the offending ones
+
+
+def test_library_only_options_in_strings_and_overrides():
+    assert AdapterConfig.load("seq_bn[phm_layer=False, stochastic_depth=0.0]") == SeqBnConfig()
+    assert AdapterConfig.load("lora", use_dora=False, dtype=None) == LoRAConfig()
+    assert AdapterConfig.load("mam", init_weights_seed=None) == MAMConfig()
+    with pytest.raises(ValueError, match=r"SeqBnConfig \(bottleneck\).*phm_layer=True"):
+        AdapterConfig.load("seq_bn[phm_layer=True]")
+    with pytest.raises(ValueError, match=r"ParBnConfig \(bottleneck\).*phm_layer=True"):
+        AdapterConfig.load("mam", phm_layer=True)
+    # Keys that neither library defines stay a TypeError, now naming the key and the class.
+    with pytest.raises(TypeError, match=r"SeqBnConfig has no field\(s\) \['reduction'\]"):
+        AdapterConfig.load({"architecture": "bottleneck", "config_class": "SeqBnConfig",
+                            "reduction": 4})
+
+
+# --- mam keeps its identity ---------------------------------------------------------------------
+
+def test_mam_round_trips_with_its_identity():
+    for config in (MAMConfig(), AdapterConfig.load("mam"),
+                   MAMConfig(adapter=ParBnConfig(reduction_factor=4))):
+        for again in (AdapterConfig.load(json.loads(json.dumps(config.config_dict()))),
+                      AdapterConfig.load(config), config.replace(dropout=0.0)):
+            assert type(again) is MAMConfig
+            assert again == config
+            assert config_identifier(again) == "mam"
+            assert repr(again).startswith("MAMConfig(PrefixTuningConfig(")
+    changed = AdapterConfig.load("mam", reduction_factor=4)
+    assert type(changed) is MAMConfig and changed.adapter.reduction_factor == 4
+    assert config_identifier(changed) == "mam"
+    # A plain union keeps being one, and a union that is not MAM is named by its parts.
+    plain = AdapterConfig.load(ConfigUnion(PrefixTuningConfig(), SeqBnConfig()).config_dict())
+    assert type(plain) is ConfigUnion and config_identifier(plain) == "prefix_tuning|seq_bn"
+    with pytest.raises(TypeError, match="MAMConfig takes a PrefixTuningConfig and a BnConfig"):
+        MAMConfig(ParBnConfig(), PrefixTuningConfig())
+
+
+# --- union rules of the adapters library's ConfigUnion.validate --------------------------------
+
+@pytest.mark.parametrize("union", [
+    # Same method, but one has a leave_out: the library cannot decide without the model.
+    [LoRAConfig(leave_out=[0]), LoRAConfig(leave_out=[1])],
+    [LoRAConfig(leave_out=[3]), IA3Config()],
+    [PrefixTuningConfig(leave_out=[0]), PrefixTuningConfig(leave_out=[1], flat=True)],
+    [SeqBnConfig(leave_out=[5]), SeqBnConfig()],
+    # Bottleneck adapters at complementary locations.
+    [DoubleSeqBnConfig(mh_adapter=False), DoubleSeqBnConfig(output_adapter=False)],
+    # Different methods always combine.
+    [LoRAConfig(), PrefixTuningConfig(), SeqBnConfig()],
+])
+def test_config_union_accepts_what_the_library_accepts(union):
+    assert list(ConfigUnion(*union)) == union
+
+
+@pytest.mark.parametrize("union, match", [
+    ([LoRAConfig(), LoRAConfig(r=4)], "two lora configs"),
+    ([LoRAConfig(), IA3Config()], "two lora configs"),
+    ([LoRAConfig(attn_matrices=["q"]), LoRAConfig(selfattn_lora=False, intermediate_lora=True)],
+     "two lora configs"),
+    ([PrefixTuningConfig(), PrefixTuningConfig(flat=True)], "two prefix_tuning configs"),
+    ([BitFitConfig(), BitFitConfig()], "two bitfit configs"),
+    ([SeqBnConfig(), ParBnConfig()], "two bottleneck adapters of a union sit at the same location"),
+    ([DoubleSeqBnConfig(), DoubleSeqBnConfig(output_adapter=False)],
+     "two bottleneck adapters of a union sit at the same location"),
+])
+def test_config_union_rejects_what_the_library_rejects(union, match):
+    with pytest.raises(ValueError, match=match):
+        ConfigUnion(*union)

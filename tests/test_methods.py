@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import keras
 
-from adapter_bert import AdapterBertModel, BertConfig
+from adapter_bert import AdapterBertModel, BertConfig, MAMConfig
 from adapter_bert.configuration import AdapterConfig
 from adapter_bert.model import AdapterModule
 from adapter_bert.testing import random_inputs, tiny_bert_config, tiny_encoder
@@ -166,7 +166,9 @@ def test_no_forgetting_switching_back_is_bit_identical():
 
 
 @pytest.mark.parametrize("config", ["lora[r=4, alpha=16, intermediate_lora=True, output_lora=True]",
-                                    "ia3", "lora[attn_matrices=['q','k','v']]|seq_bn"])
+                                    "ia3", "ia3[alpha=3, output_lora=True]",
+                                    "lora[attn_matrices=['q','k','v']]|seq_bn",
+                                    "lora[leave_out=[1]]|ia3[leave_out=[0]]"])
 def test_merge_then_reset(config):
     model = _model()
     inputs = random_inputs()
@@ -304,7 +306,7 @@ def test_active_adapter_selection_and_errors():
     with pytest.raises(KeyError, match=r"no adapter named 'a' \(adapters: b\)"):
         model.set_active_adapters("a")
     model.add_adapter("u", config="prefix_tuning|par_bn")
-    # Disjoint for layers 0 and 1, which is all the string can know; this model has a layer 2.
+    # Accepted on its own (both have a leave_out), refused by a model with a layer 2 for both.
     deeper = _model(num_hidden_layers=3)
     with pytest.raises(ValueError, match="same location in layer 2"):
         deeper.add_adapter("bad", config="seq_bn[leave_out=[0]]|seq_bn[leave_out=[1]]")
@@ -410,3 +412,136 @@ def test_skipping_padding_keeps_real_token_outputs_and_gradients(config):
         assert (g_skip is None) == (g is None)
         if g is not None:
             np.testing.assert_allclose(g_skip, g, atol=1e-4, rtol=1e-4)
+
+
+# --- (IA)^3 honours alpha and init_weights as the adapters library does -------------------------
+
+@pytest.mark.parametrize("alpha", [1, 2.5])
+def test_ia3_output_is_alpha_times_the_learned_scale(alpha):
+    model = _model()
+    dense = model.bert.layers[1].sublayer("intermediate")
+    x = np.random.default_rng(0).standard_normal((2, 5, 32)).astype("float32")
+    plain = dense(x).numpy()
+    model.add_adapter("a", config=f"ia3[alpha={alpha}]", set_active=True)
+    vector = np.linspace(0.5, 1.5, 64).astype("float32")
+    model.adapter_modules["a"].named_variables()["lora.layer_1_intermediate.scale"].assign(vector)
+    np.testing.assert_allclose(dense(x).numpy(), plain * alpha * vector, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("init_weights", ["ia3", "lora", "bert"])
+def test_ia3_init_weights(init_weights):
+    keras.utils.set_random_seed(0)
+    module = AdapterModule("a", AdapterConfig.load(f"ia3[init_weights={init_weights!r}]"),
+                           BertConfig())
+    values = np.concatenate([v.numpy().ravel() for v in module.named_variables().values()])
+    assert values.size == 55_296
+    if init_weights == "ia3":
+        assert (values == 1).all()
+    elif init_weights == "lora":
+        assert (values == 0).all()  # the library's "LoRA zero init" of the vector
+    else:
+        assert abs(values.mean()) < 1e-3 and abs(values.std() - 0.02) < 5e-4
+
+
+def test_ia3_and_lora_refuse_what_the_library_refuses():
+    from adapter_bert.methods.ia3 import IA3Scale
+    from adapter_bert.methods.lora import LoRADense
+
+    unknown = "init_weights must be 'lora', 'bert' or 'ia3', got 'xavier'"
+    with pytest.raises(ValueError, match=unknown):
+        IA3Scale(8, init_weights="xavier")
+    with pytest.raises(ValueError, match=unknown):
+        LoRADense(8, 4, init_weights="xavier")
+    with pytest.raises(ValueError, match="init_weights must be"):
+        AdapterConfig.load("ia3[init_weights='xavier']")
+    model = _model()
+    with pytest.raises(ValueError, match=r"\(IA\)\^3 .* needs r=1, got r=2"):
+        model.add_adapter("r", config="ia3[r=2]")
+    with pytest.raises(ValueError, match=r"\(IA\)\^3 .* has no dropout, got dropout=0.1"):
+        model.add_adapter("d", config="ia3[dropout=0.1]")
+    assert model.adapters == {}
+    # LoRA's "ia3" init is the library's: A and B all ones.
+    ones = LoRADense(8, 4, r=2, init_weights="ia3")
+    assert (ones.lora_A.numpy() == 1).all() and (ones.lora_B.numpy() == 1).all()
+
+
+# --- prefix dropout draws one mask per example ----------------------------------------------------
+
+@pytest.mark.parametrize("config", [
+    "prefix_tuning[prefix_length=4, bottleneck_size=8, dropout=0.5]",
+    "prefix_tuning_flat[prefix_length=4, dropout=0.5]"])
+def test_prefix_dropout_masks_each_example(config):
+    model = _model(dropout=0.0)  # no base dropout: only the prefix's can tell the rows apart
+    model.add_adapter("p", config=config, set_active=True)
+    model.add_adapter("no_dropout", config=config.replace("dropout=0.5", "dropout=0.0"))
+    for source, target in zip(model.adapter_modules["p"].named_variables().values(),
+                              model.adapter_modules["no_dropout"].named_variables().values()):
+        target.assign(source)
+    inputs = {k: np.repeat(v, 2, axis=0) for k, v in random_inputs(batch=1).items()}  # twin rows
+    keras.utils.set_random_seed(0)
+    trained = model.bert(inputs, training=True)["sequence_output"].numpy()
+    assert np.abs(trained[0] - trained[1]).max() > 1e-2
+    inferred = model.bert(inputs, training=False)["sequence_output"].numpy()
+    # Not bit-equal: the base alone gives twin rows ~5e-7 apart (oneDNN kernels are not
+    # batch-position invariant); a shared or absent mask shows as that, a per-row one as > 1e-2.
+    np.testing.assert_allclose(inferred[0], inferred[1], atol=1e-5)
+    model.set_active_adapters("no_dropout")
+    np.testing.assert_array_equal(model.bert(inputs, training=False)["sequence_output"], inferred)
+    assert np.abs(trained - inferred).max() > 1e-2
+
+
+# --- mam keeps its identity through save / load -------------------------------------------------
+
+def test_mam_save_load_keeps_its_identity(tmp_path):
+    model = _model()
+    model.add_adapter("m", config="mam")
+    assert model.adapter_summary(as_dict=True)[0]["architecture"] == "mam"
+    model.save_adapter(tmp_path / "m", "m")
+    fresh = _model()
+    fresh.load_adapter(tmp_path / "m")
+    config = fresh.adapters["m"].config
+    assert type(config) is MAMConfig and config == MAMConfig()
+    assert repr(config) == repr(MAMConfig())
+    assert fresh.adapter_summary(as_dict=True)[0]["architecture"] == "mam"
+    assert fresh.adapters["m"].num_params() == model.adapters["m"].num_params()
+
+
+# --- unions of one method at disjoint places, decided with the model's layers --------------------
+
+def test_union_of_two_loras_in_disjoint_layers_is_one_lora_per_layer():
+    model = _model()
+    inputs = random_inputs()
+    model.add_adapter("u", config="lora[leave_out=[1]]|lora[leave_out=[0], r=4]")
+    module = model.adapters["u"]
+    # layer 0: q and v of rank 8; layer 1: q and v of rank 4 (32 x r + r x 32 each).
+    assert module.num_params() == 2 * 2 * 32 * 8 + 2 * 2 * 32 * 4
+    assert sorted(module.named_variables()) == sorted(
+        [f"lora_0.layer_0_attention_{m}.lora_{ab}" for m in ("query", "value") for ab in "AB"]
+        + [f"lora_1.layer_1_attention_{m}.lora_{ab}" for m in ("query", "value") for ab in "AB"])
+    rng = np.random.default_rng(0)
+    for v in module.named_variables().values():
+        v.assign(rng.standard_normal(v.shape).astype("float32") * 0.1)
+    model.set_active_adapters("u")
+    out = model.bert(inputs)["sequence_output"].numpy()
+    assert np.abs(out - _model().bert(inputs)["sequence_output"].numpy()).max() > 1e-3
+    # A LoRA in one layer and an FFN LoRA in another location of the same layer also combine.
+    model.add_adapter("v", config="lora[leave_out=[1]]"
+                                  "|lora[selfattn_lora=False, intermediate_lora=True]")
+    assert model.adapters["v"].num_params() == 2 * 32 * 8 * 2 + 2 * (32 * 8 + 8 * 64)
+
+
+@pytest.mark.parametrize("config, match", [
+    ("lora[leave_out=[0]]|lora[leave_out=[0]]",
+     "two LoRA / \\(IA\\)\\^3 configs of a union sit at the same location in layer 1 "
+     "\\(selfattn_lora\\)"),
+    ("lora[leave_out=[5]]|ia3", "same location in layer 0 \\(selfattn_lora\\)"),
+    ("prefix_tuning[leave_out=[0]]|prefix_tuning[leave_out=[1]]", "two prefix_tuning configs"),
+    ("seq_bn[leave_out=[5]]|seq_bn", "two bottleneck adapters of a union sit at the same location "
+                                     "in layer 0 \\(output_adapter\\)"),
+])
+def test_union_conflicts_found_with_the_models_layers(config, match):
+    model = _model()
+    AdapterConfig.load(config)  # accepted on its own, as by the library
+    with pytest.raises(ValueError, match=match):
+        model.add_adapter("u", config=config)
+    assert model.adapters == {}

@@ -82,6 +82,15 @@ class BnConfig(AdapterConfig):
     task_layer_norm: bool = False
 
     architecture = "bottleneck"
+    # The library's invertible, cross-attention, Compacter (PHM) and stochastic-depth variants and
+    # its init seed: adapter_bert has none of them.
+    library_only = {
+        "init_weights_seed": None, "inv_adapter": None, "inv_adapter_reduction_factor": None,
+        "cross_adapter": False, "phm_layer": False, "phm_dim": 4, "factorized_phm_W": True,
+        "shared_W_phm": False, "shared_phm_rule": True, "factorized_phm_rule": False,
+        "phm_c_init": "normal", "phm_init_range": 0.0001, "learn_phm": True,
+        "hypercomplex_nonlinearity": "glorot-uniform", "phm_rank": 1, "phm_bias": True,
+        "stochastic_depth": 0.0}
 
     def validate(self):
         check_activation(self.non_linearity)

@@ -1,10 +1,13 @@
 """(IA)^3 (Liu et al. 2022): trained vectors that rescale the keys, values and FFN activations.
 
-`IA3Scale` hooks a `HookedDense`: `y = l * (W x + b)`, with `l` initialised to ones, so the model is
-unchanged at initialisation. Like the adapters library, (IA)^3 is LoRA's configuration with
-`composition_mode="scale"`: defaults adapt keys and values (`attn_matrices=["k", "v"]`) and the FFN
-intermediate Dense (`intermediate_lora=True`). `merge` multiplies the kernel's output columns and
-the bias by `l`; `reset` restores the kept pretrained values exactly.
+`IA3Scale` hooks a `HookedDense`: `y = alpha * l * (W x + b)`. Like the adapters library, (IA)^3 is
+LoRA's configuration with `composition_mode="scale"`: defaults adapt keys and values
+(`attn_matrices=["k", "v"]`) and the FFN intermediate Dense (`intermediate_lora=True`), with
+`r=1` and `alpha=1`. The library's scaling is alpha / r with r fixed at 1, i.e. `alpha`.
+`init_weights` sets `l` as the library does: "ia3" (ones, the default, so the model is unchanged at
+initialisation), "lora" (zeros) or "bert" (normal, std 0.02). As there, `r` other than 1 and a
+dropout are errors rather than silently ignored. `merge` multiplies the kernel's output columns and
+the bias by `alpha * l`; `reset` restores the kept pretrained values exactly.
 
 Example:
 >>> from adapter_bert import AdapterBertModel
@@ -20,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 
 import keras
+import numpy as np
 from keras import ops
 
 from adapter_bert.methods.lora import DenseHookMethod, LoRAConfig
@@ -40,27 +44,42 @@ class IA3Config(LoRAConfig):
     init_weights: str = "ia3"
 
 
-class IA3Scale(keras.layers.Layer):
-    """A learned per-channel scale of one Dense layer's output: `hook(x, y) = l * y`."""
+# The adapters library's `init_weights` names, so a config from there starts from the same vector.
+_INITIALIZERS = {"ia3": lambda: "ones", "lora": lambda: "zeros",
+                 "bert": lambda: keras.initializers.RandomNormal(stddev=0.02)}
 
-    def __init__(self, output_dim: int, **kwargs):
+
+class IA3Scale(keras.layers.Layer):
+    """A learned per-channel scale of one Dense layer's output: `hook(x, y) = alpha * l * y`.
+
+    Args:
+        output_dim: the wrapped Dense layer's output size.
+        alpha: a constant factor on the learned vector `l`.
+        init_weights: "ia3" (ones), "lora" (zeros) or "bert" (normal, std 0.02).
+    """
+
+    def __init__(self, output_dim: int, alpha: float = 1.0, init_weights: str = "ia3", **kwargs):
+        if init_weights not in _INITIALIZERS:
+            raise ValueError(f"init_weights must be 'lora', 'bert' or 'ia3', got {init_weights!r}")
         super().__init__(**kwargs)
-        self.output_dim = output_dim
+        self.output_dim, self.alpha, self.init_weights = output_dim, alpha, init_weights
         self._backup = None
         self.build(None)
 
     def build(self, input_shape):
-        self.scale = self.add_weight(shape=(self.output_dim,), initializer="ones", name="scale")
+        self.scale = self.add_weight(shape=(self.output_dim,),
+                                     initializer=_INITIALIZERS[self.init_weights](), name="scale")
         self.built = True
 
     def call(self, x, y, training=None):
-        return y * ops.cast(self.scale, y.dtype)
+        return y * (ops.cast(self.scale, y.dtype) * ops.cast(self.alpha, y.dtype))
 
     def merge_into(self, dense) -> None:
-        scale = self.scale.numpy()
+        factor = np.asarray(self.scale.numpy(), np.float64) * self.alpha
         self._backup = (dense.kernel.numpy().copy(), dense.bias.numpy().copy())
-        dense.kernel.assign(self._backup[0] * scale[None, :])
-        dense.bias.assign(self._backup[1] * scale)
+        kernel, bias = self._backup
+        dense.kernel.assign((kernel.astype(np.float64) * factor[None, :]).astype(kernel.dtype))
+        dense.bias.assign((bias.astype(np.float64) * factor).astype(bias.dtype))
 
     def reset(self, dense) -> None:
         dense.kernel.assign(self._backup[0])
@@ -69,13 +88,23 @@ class IA3Scale(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(output_dim=self.output_dim)
+        config.update(output_dim=self.output_dim, alpha=self.alpha, init_weights=self.init_weights)
         return config
 
 
 class IA3Method(DenseHookMethod):
     """All `IA3Scale`s of one adapter."""
 
-    def make_hook(self, input_dim: int, output_dim: int, name: str) -> keras.layers.Layer:
-        return IA3Scale(output_dim, dtype=self.dtype_policy, name=name)
+    def __init__(self, config: LoRAConfig, bert_config, **kwargs):
+        # The adapters library refuses these for composition by scaling; ignoring them would train
+        # something other than what the config says.
+        if config.r != 1:
+            raise ValueError(f"(IA)^3 (composition_mode='scale') needs r=1, got r={config.r}")
+        if config.dropout > 0:
+            raise ValueError(f"(IA)^3 (composition_mode='scale') has no dropout, got "
+                             f"dropout={config.dropout}")
+        super().__init__(config, bert_config, **kwargs)
 
+    def make_hook(self, input_dim: int, output_dim: int, name: str) -> keras.layers.Layer:
+        return IA3Scale(output_dim, alpha=self.config.alpha, init_weights=self.config.init_weights,
+                        dtype=self.dtype_policy, name=name)

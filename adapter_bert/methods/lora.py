@@ -45,7 +45,8 @@ class LoRAConfig(AdapterConfig):
         attn_matrices: any of "q", "k", "v".
         composition_mode: "add" (LoRA) or "scale" ((IA)^3, see `IA3Config`).
         init_weights: "lora" (A uniform like PyTorch's Linear, B zero), "bert" (both normal with
-            std 0.02) or "ia3" (scaling vectors of ones).
+            std 0.02) or "ia3" (ones: (IA)^3's vectors; for LoRA, A and B all ones, as in the
+            adapters library).
         use_gating: UniPELT gating (parsed for compatibility; not implemented).
     """
 
@@ -62,6 +63,9 @@ class LoRAConfig(AdapterConfig):
     use_gating: bool = False
 
     architecture = "lora"
+    # The library's init seed, DoRA, VeRA and reduced-precision variants: adapter_bert has none.
+    library_only = {"init_weights_seed": None, "use_dora": False, "vera_d": None, "vera_b": None,
+                    "dtype": None}
 
     def validate(self):
         check_leave_out(self.leave_out)
@@ -99,11 +103,13 @@ class LoRADense(keras.layers.Layer):
         input_dim / output_dim: the wrapped Dense layer's sizes.
         r: rank; alpha: the update is scaled by alpha / r.
         dropout: dropout rate on `x`.
-        init_weights: "lora" or "bert" (see `LoRAConfig`).
+        init_weights: "lora", "bert" or "ia3" (see `LoRAConfig`).
     """
 
     def __init__(self, input_dim: int, output_dim: int, r: int = 8, alpha: float = 8,
                  dropout: float = 0.0, init_weights: str = "lora", **kwargs):
+        if init_weights not in ("lora", "bert", "ia3"):
+            raise ValueError(f"init_weights must be 'lora', 'bert' or 'ia3', got {init_weights!r}")
         super().__init__(**kwargs)
         self.input_dim, self.output_dim = input_dim, output_dim
         self.r, self.alpha, self.dropout_rate = r, alpha, dropout
@@ -116,6 +122,8 @@ class LoRADense(keras.layers.Layer):
     def build(self, input_shape):
         if self.init_weights == "bert":
             a_init = b_init = keras.initializers.RandomNormal(stddev=0.02)
+        elif self.init_weights == "ia3":
+            a_init = b_init = "ones"  # what the adapters library does for this (IA)^3 name
         else:
             # PyTorch's default Linear init for A (kaiming uniform, a=sqrt(5)): U(+-1/sqrt(fan_in)).
             bound = 1.0 / self.input_dim ** 0.5

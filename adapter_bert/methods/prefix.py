@@ -44,7 +44,7 @@ class PrefixTuningConfig(AdapterConfig):
         prefix_length: number of prefix positions.
         bottleneck_size: width of the reparameterising MLP.
         non_linearity: activation of the MLP.
-        dropout: dropout on the prefixes during training.
+        dropout: dropout on the prefixes during training, with its own mask for each example.
         use_gating / shared_gating: UniPELT gating (parsed for compatibility; not implemented).
     """
 
@@ -60,6 +60,7 @@ class PrefixTuningConfig(AdapterConfig):
     shared_gating: bool = True
 
     architecture = "prefix_tuning"
+    library_only = {"init_weights_seed": None}
 
     def validate(self):
         check_leave_out(self.leave_out)
@@ -123,8 +124,14 @@ class PrefixTuningPool(keras.layers.Layer):
             self.control_trans_2.build((None, self.bottleneck_size))
         self.built = True
 
-    def layer_prefix(self, slot: int, training=None):
-        """Keys and values of the `slot`-th prefixed layer, each `[heads, prefix_length, head_size]`."""
+    def layer_prefix(self, slot: int, batch_size, training=None):
+        """Keys and values of one prefixed layer, each `[batch, heads, prefix_length, head_size]`.
+
+        Args:
+            slot: the layer's index among the prefixed layers.
+            batch_size: the batch size (an int or a scalar tensor).
+            training: dropout is applied when true.
+        """
         width = 2 * self.hidden_size
         if self.flat:
             values = self.control_trans[:, slot * width:(slot + 1) * width]
@@ -136,10 +143,20 @@ class PrefixTuningPool(keras.layers.Layer):
             kernel = dense.kernel[:, slot * width:(slot + 1) * width]
             bias = dense.bias[slot * width:(slot + 1) * width]
             values = ops.matmul(hidden, ops.cast(kernel, hidden.dtype)) + ops.cast(bias, hidden.dtype)
-        values = self.dropout(values, training=training)
+        if self.dropout_rate > 0 and training is not None and training is not False:
+            # Expanded to the batch before dropout, as in the adapters library: each example draws
+            # its own mask rather than the whole batch sharing one. Inference keeps the cheaper
+            # path below (broadcast last), which is also bit-identical to a dropout-free prefix.
+            values = ops.broadcast_to(values[None], (batch_size,) + tuple(values.shape))
+            values = self.dropout(values, training=training)
+            values = ops.reshape(values,
+                                 (-1, self.prefix_length, 2, self.num_heads, self.head_size))
+            values = ops.transpose(values, (2, 0, 3, 1, 4))  # [2, batch, heads, prefix, head_size]
+            return values[0], values[1]
         values = ops.reshape(values, (self.prefix_length, 2, self.num_heads, self.head_size))
         values = ops.transpose(values, (1, 2, 0, 3))  # [2, heads, prefix, head_size]
-        return values[0], values[1]
+        shape = (batch_size,) + tuple(values.shape[1:])
+        return ops.broadcast_to(values[0][None], shape), ops.broadcast_to(values[1][None], shape)
 
     def all_prefixes(self) -> np.ndarray:
         """The prefixes of every layer, `[prefix_length, num_layers * 2 * hidden]`, as computed at inference."""
@@ -168,12 +185,10 @@ class PrefixAttention:
         self.pool, self.slot = pool, slot
 
     def __call__(self, key, value, mask_bias, training=None):
-        prefix_key, prefix_value = self.pool.layer_prefix(self.slot, training=training)
-        batch = ops.shape(key)[0]
-        shape = (batch,) + tuple(prefix_key.shape)
-        key = ops.concatenate([ops.broadcast_to(ops.cast(prefix_key, key.dtype)[None], shape), key], axis=2)
-        value = ops.concatenate(
-            [ops.broadcast_to(ops.cast(prefix_value, value.dtype)[None], shape), value], axis=2)
+        prefix_key, prefix_value = self.pool.layer_prefix(self.slot, ops.shape(key)[0],
+                                                          training=training)
+        key = ops.concatenate([ops.cast(prefix_key, key.dtype), key], axis=2)
+        value = ops.concatenate([ops.cast(prefix_value, value.dtype), value], axis=2)
         # Prefix positions are always attended: additive bias 0.
         mask_bias = ops.concatenate(
             [ops.zeros((ops.shape(mask_bias)[0], 1, 1, self.pool.prefix_length), mask_bias.dtype),

@@ -50,6 +50,7 @@ CONFIG_CLASSES = {cls.__name__: cls for cls in (
     IA3Config, BitFitConfig, FullFinetuningConfig)}
 _DEFAULT_CLASS = {"bottleneck": BnConfig, "prefix_tuning": PrefixTuningConfig, "lora": LoRAConfig,
                   "bitfit": BitFitConfig, "full": FullFinetuningConfig}
+UNION_CLASSES = {cls.__name__: cls for cls in (ConfigUnion, MAMConfig)}
 
 
 def config_class_for(values: dict) -> type:
@@ -67,6 +68,20 @@ def config_class_for(values: dict) -> type:
     if architecture == "lora" and values.get("composition_mode") == "scale":
         return IA3Config
     return _DEFAULT_CLASS[architecture]
+
+
+def union_class_for(values: dict) -> type:
+    """The union class a union's `config_dict()` came from; a plain `ConfigUnion` without a name.
+
+    Example:
+    >>> union_class_for({"architecture": "union", "configs": [], "config_class": "MAMConfig"})
+    <class 'adapter_bert.methods.mam.MAMConfig'>
+    """
+    name = values.get("config_class") or "ConfigUnion"
+    if name not in UNION_CLASSES:
+        raise ValueError(f"unknown adapter config union class {name!r}; known: "
+                         + ", ".join(sorted(UNION_CLASSES)))
+    return UNION_CLASSES[name]
 
 
 def method_class_for(config: AdapterConfig) -> type:
@@ -94,8 +109,12 @@ def config_identifier(config: AdapterConfig) -> str:
     ('scaled_par_bn', 'lora')
     """
     for identifier, default in ADAPTER_CONFIG_MAP.items():
-        if config == default and type(config) is type(default):
+        # A union equal to MAM's members is MAM, whatever class it was loaded as (the adapters
+        # library saves unions without their class).
+        if config == default and (type(config) is type(default) or isinstance(config, ConfigUnion)):
             return identifier
+    if isinstance(config, MAMConfig):
+        return "mam"
     if isinstance(config, ConfigUnion):
         return "|".join(config_identifier(c) for c in config)
     if isinstance(config, PrefixTuningConfig) and config.flat:
