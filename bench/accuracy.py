@@ -13,7 +13,8 @@ Each (task, method, seed) is one run of the training command, in a child process
 The learning rates are those of `flags/methods/`. SST-2 trains on a fixed random subset of
 `--sst2_train_examples` sentences (the same subset for every seed and method; full dev set),
 because its 67k sentences take about an hour an epoch on 2 cores. A run whose `results.json`
-already exists is not repeated, so an interrupted benchmark resumes where it stopped.
+already exists is not repeated, so an interrupted benchmark resumes where it stopped;
+`--collect_only` trains nothing and summarises the runs that have finished.
 
 Per task and method the report gives the main metric (MRPC F1, SST-2 accuracy) at the final and
 at the best dev epoch as mean, sample standard deviation and min/max over seeds, the trainable
@@ -80,6 +81,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--sst2_train_examples", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=common.DEFAULT_OUT)
+    parser.add_argument("--collect_only", action="store_true",
+                        help="train nothing: summarise the runs that have finished")
     args = parser.parse_args(argv)
     tasks = [t for t in args.tasks.split(",") if t]
     methods = [m for m in args.methods.split(",") if m]
@@ -101,12 +104,16 @@ def main(argv=None) -> int:
                 run_dir = args.out / "accuracy_runs" / task / method / f"seed{seed}"
                 results_file = run_dir / task / "results.json"
                 if not results_file.is_file():
+                    if args.collect_only:
+                        continue
                     examples = args.sst2_train_examples if task == "sst2" else None
                     command = run_command(task, method, seed, args.epochs, run_dir, examples)
                     print(f"[{time.strftime('%H:%M:%S')}] {task} {method} seed {seed}: "
                           + " ".join(command[1:]), file=sys.stderr, flush=True)
                     subprocess.run(command + ["--overwrite"], check=True, env=env)
                 runs.append(json.loads(results_file.read_text()))
+            if not runs:
+                continue
             report["tasks"][task][method] = collect(task, method, runs)
             summary = report["tasks"][task][method]
             print(f"{task} {method}: final {summary['final']['mean']:.4f} ± {summary['final']['std']:.4f}, "

@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE=1
 
 python bench/train_throughput.py --steps 5 --rounds 5 --out "$OUT"
 python bench/peers.py --mode throughput --task mrpc --batches_npz "$OUT/train_batches.npz" --rounds 5 --out "$OUT/peers"
-python bench/inference.py --rounds 3 --out "$OUT"
+python bench/inference.py --rounds 5 --out "$OUT"
 python bench/memory.py --steps 4 --out "$OUT"
 python bench/onednn.py --out "$OUT"
 python bench/accuracy.py --tasks mrpc,sst2 --seeds 0,1,2 --epochs 3 --out "$OUT"

@@ -181,3 +181,19 @@ def test_inference_figures_are_per_batch_medians_relative_to_the_base():
     assert figures["base"] == {"examples_per_second": round(64 / 3.0, 1), "relative_to_base": 1.0,
                                "rounds": [21.3, 7.1, 21.3]}
     assert figures["lora_merged"]["relative_to_base"] == round(3.0 / 3.3, 4)
+
+
+def test_accuracy_collect_only_summarises_finished_runs_and_trains_nothing(tmp_path, monkeypatch):
+    run = tmp_path / "accuracy_runs" / "mrpc" / "houlsby" / "seed1" / "mrpc"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps(_results_json(1, [0.80, 0.86, 0.84])))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--collect_only must not train")
+    monkeypatch.setattr(accuracy, "run_command", no_training)
+    assert accuracy.main(["--tasks", "mrpc,sst2", "--seeds", "0,1,2", "--out", str(tmp_path),
+                          "--collect_only"]) == 0
+    summary = json.loads((tmp_path / "accuracy.json").read_text())["tasks"]
+    assert list(summary["mrpc"]) == ["houlsby"] and summary["sst2"] == {}
+    assert summary["mrpc"]["houlsby"]["final"] == {"mean": 0.84, "std": 0.0, "min": 0.84, "max": 0.84, "n": 1}
+    assert summary["mrpc"]["houlsby"]["best_epoch"]["mean"] == 0.86
