@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -193,19 +194,23 @@ def accuracy_section(res: dict) -> list[str]:
     peers = res["peers_accuracy"]
     if peers:
         out += ["### PyTorch peers, MRPC dev (same checkpoint, data, batch, epochs)", ""]
-        by_system = {}
-        for r in peers["records"]:
-            by_system.setdefault(r["system"], []).append(r)
+        by_system = _peer_runs(peers)
         rows = []
         for system, records in by_system.items():
             finals = [100 * r["final"]["f1"] for r in records]
             bests = [100 * r["best"]["f1"] for r in records]
             rows.append([PEER_NAMES[system], f"{records[0]['params']['trainable']:,}",
-                         f"{sum(finals) / len(finals):.1f}", f"{sum(bests) / len(bests):.1f}",
+                         _mean_std(finals), _mean_std(bests),
                          len(records), f"{max(r['peak_rss_mb'] for r in records):.0f}"])
-        out += [_table(["system", "trainable params", "final F1 (mean)", "best epoch F1 (mean)",
+        out += [_table(["system", "trainable params", "final F1", "best epoch F1",
                         "seeds", "peak RSS (MB)"], rows), ""]
     return out
+
+
+def _mean_std(values: list) -> str:
+    """Mean ± sample standard deviation, as in our own accuracy tables."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {spread:.1f}"
 
 
 def _cost(cost: float) -> str:
@@ -308,6 +313,14 @@ def render_tables(res: dict) -> str:
     return "\n".join(parts) if parts else "_No benchmark results found._"
 
 
+def _peer_runs(peers_accuracy: dict | None) -> dict:
+    """The peers' accuracy records grouped by system."""
+    by_system = {}
+    for record in (peers_accuracy or {}).get("records", []):
+        by_system.setdefault(record["system"], []).append(record)
+    return by_system
+
+
 def plot(res: dict, figures: Path) -> list[str]:
     """Draws the PNGs; returns their file names."""
     import matplotlib
@@ -323,6 +336,14 @@ def plot(res: dict, figures: Path) -> list[str]:
             x = 100 * s["trainable_fraction"]
             ax.errorbar(x, 100 * s["final"]["mean"], yerr=100 * s["final"]["std"], fmt="o", capsize=3)
             ax.annotate(method, (x, 100 * s["final"]["mean"]), textcoords="offset points", xytext=(5, 4))
+        if task == "mrpc":
+            for system, records in _peer_runs(res["peers_accuracy"]).items():
+                finals = [100 * r["final"]["f1"] for r in records]
+                x = 100 * records[0]["params"]["trainable"] / records[0]["params"]["total"]
+                ax.errorbar(x, statistics.mean(finals), yerr=statistics.stdev(finals) if len(finals) > 1 else 0,
+                            fmt="s", color="tab:orange", capsize=3)
+                ax.annotate(f"{PEER_NAMES[system]} (PyTorch)", (x, statistics.mean(finals)),
+                            textcoords="offset points", xytext=(5, -10), fontsize=7, color="tab:orange")
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters (% of the model, log scale)")
         ax.set_ylabel(f"dev {next(iter(methods.values()))['main_metric']} (final epoch)")
