@@ -186,9 +186,7 @@ def accuracy_section(res: dict) -> list[str]:
         rows = []
         for method, s in methods.items():
             rows.append([method, f"{s['trainable_params']:,}", _pct(s["trainable_fraction"]),
-                         f"{100 * s['final']['mean']:.1f} ± {100 * s['final']['std']:.1f}",
-                         f"{100 * s['best_epoch']['mean']:.1f} ± {100 * s['best_epoch']['std']:.1f}",
-                         s["final"]["n"]])
+                         _summary_cell(s["final"]), _summary_cell(s["best_epoch"]), s["final"]["n"]])
         out += [_table(["method", "trainable params", "trainable %", f"final epoch {metric}",
                         f"best epoch {metric}", "seeds"], rows), ""]
     peers = res["peers_accuracy"]
@@ -207,10 +205,18 @@ def accuracy_section(res: dict) -> list[str]:
     return out
 
 
+def _summary_cell(summary: dict) -> str:
+    """Mean ± std in points; one seed has no spread to show."""
+    if summary["n"] < 2:
+        return f"{100 * summary['mean']:.1f}"
+    return f"{100 * summary['mean']:.1f} ± {100 * summary['std']:.1f}"
+
+
 def _mean_std(values: list) -> str:
     """Mean ± sample standard deviation, as in our own accuracy tables."""
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {spread:.1f}"
+    if len(values) < 2:
+        return f"{statistics.mean(values):.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def _cost(cost: float) -> str:
@@ -287,7 +293,7 @@ def targets_section(res: dict) -> list[str]:
                 gap = full - summary["final"]["mean"]
                 if gap > 0.01:
                     rows.append([f"{task.upper()} {method} within 1.0 point of full fine-tuning",
-                                 f"{100 * gap:.1f} points below", "**missed** (see below)"])
+                                 f"{100 * gap:.1f} points below", "**missed** (see the accuracy notes)"])
     if not rows:
         return []
     return ["### Targets of issue 6", "", _table(["target", "measured", "verdict"], rows), ""]

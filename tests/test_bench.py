@@ -64,8 +64,9 @@ def _results_json(seed, f1s, trainable=1000, total=100000):
 
 def test_report_summarises_runs_tables_and_plots(tmp_path):
     results, docs = tmp_path / "results", tmp_path / "docs"
-    for seed, f1s in [(0, [0.80, 0.86, 0.84]), (1, [0.82, 0.85, 0.88])]:
-        run = results / "accuracy_runs" / "mrpc" / "houlsby" / f"seed{seed}" / "mrpc"
+    for method, seed, f1s in [("houlsby", 0, [0.80, 0.86, 0.84]), ("houlsby", 1, [0.82, 0.85, 0.88]),
+                              ("full", 0, [0.85, 0.90, 0.90])]:
+        run = results / "accuracy_runs" / "mrpc" / method / f"seed{seed}" / "mrpc"
         run.mkdir(parents=True)
         (run / "results.json").write_text(json.dumps(_results_json(seed, f1s)))
     machine = {"cpu": "test cpu", "cores": 2, "python": "3.11", "tensorflow": "2.21.0", "keras": "3"}
@@ -110,6 +111,8 @@ def test_report_summarises_runs_tables_and_plots(tmp_path):
     assert page.startswith("# R\n\nprose\n") and page.endswith("more prose\n") and "old" not in page
     # final F1 84 and 88 -> mean 86.0, sample std 2.8; best epochs 86 and 88 -> 87.0 ± 1.4
     assert "| houlsby | 1,000 | 1.00 | 86.0 ± 2.8 | 87.0 ± 1.4 | 2 |" in page
+    assert "| full | 1,000 | 1.00 | 90.0 | 90.0 | 1 |" in page  # one seed: no spread shown
+    assert "| MRPC houlsby within 1.0 point of full fine-tuning | 4.0 points below | **missed** (see the accuracy notes) |" in page
     assert "| adapter_bert houlsby | 1,000 | 10.0 | 20.0 |" in page
     assert "| Houlsby training ≥ 1.5x our full fine-tuning (fixed) | 1.00x | **missed** |" in page
     assert "| adapters 1.3.0, double_seq_bn 32 | 300,674 | 8.0 | 16.0 |" in page
