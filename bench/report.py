@@ -347,9 +347,9 @@ def plot(res: dict, figures: Path) -> list[str]:
                 finals = [100 * r["final"]["f1"] for r in records]
                 x = 100 * records[0]["params"]["trainable"] / records[0]["params"]["total"]
                 ax.errorbar(x, statistics.mean(finals), yerr=statistics.stdev(finals) if len(finals) > 1 else 0,
-                            fmt="s", color="tab:orange", capsize=3)
+                            fmt="s", color="black", capsize=3)
                 ax.annotate(f"{PEER_NAMES[system]} (PyTorch)", (x, statistics.mean(finals)),
-                            textcoords="offset points", xytext=(5, -10), fontsize=7, color="tab:orange")
+                            textcoords="offset points", xytext=(5, -10), fontsize=7, color="black")
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters (% of the model, log scale)")
         ax.set_ylabel(f"dev {next(iter(methods.values()))['main_metric']} (final epoch)")
