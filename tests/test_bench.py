@@ -71,10 +71,12 @@ def test_report_summarises_runs_tables_and_plots(tmp_path):
         (run / "results.json").write_text(json.dumps(_results_json(seed, f1s)))
     machine = {"cpu": "test cpu", "cores": 2, "python": "3.11", "tensorflow": "2.21.0", "keras": "3"}
     method = {"trainable_params": 1000, **{p: {"examples_per_second": v, "mean_padded_length": n}
-                                           for p, v, n in [("fixed", 10.0, 128), ("dynamic", 20.0, 80)]}}
+                                           for p, v, n in [("fixed", 10.0, 128), ("fixed_dense", 5.0, 128),
+                                                           ("dynamic", 20.0, 80)]}}
     (results / "train_throughput.json").write_text(json.dumps(
         {"machine": machine, "methods": {"houlsby": method, "full": method},
-         "houlsby_over_full": {"fixed": 1.0, "dynamic": 1.0}}))
+         "houlsby_over_full": {"fixed": 1.0, "dynamic": 1.0},
+         "bucketed_over_fixed": {"houlsby": 1.5}, "bucketed_over_fixed_dense": {"houlsby": 3.0}}))
     peer_rows = [{"padding": p, "examples_per_second": v, "mean_padded_length": n}
                  for p, v, n in [("fixed", 8.0, 128), ("dynamic", 16.0, 80)]]
     (results / "peers").mkdir()
@@ -113,9 +115,11 @@ def test_report_summarises_runs_tables_and_plots(tmp_path):
     assert "| houlsby | 1,000 | 1.00 | 86.0 ± 2.8 | 87.0 ± 1.4 | 2 |" in page
     assert "| full | 1,000 | 1.00 | 90.0 | 90.0 | 1 |" in page  # one seed: no spread shown
     assert "| MRPC houlsby within 1.0 point of full fine-tuning | 4.0 points below | **missed** (see the accuracy notes) |" in page
-    assert "| adapter_bert houlsby | 1,000 | 10.0 | 20.0 |" in page
+    assert "| adapter_bert houlsby | 1,000 | 10.0 | 5.0 | 20.0 |" in page
+    assert "| bucketing ≥ 2x fixed-128 (Houlsby, MRPC) | 1.50x | **missed** |" in page
+    assert "| bucketing ≥ 2x fixed-128 computing on the padding (Houlsby, MRPC) | 3.00x | met |" in page
     assert "| Houlsby training ≥ 1.5x our full fine-tuning (fixed) | 1.00x | **missed** |" in page
-    assert "| adapters 1.3.0, double_seq_bn 32 | 300,674 | 8.0 | 16.0 |" in page
+    assert "| adapters 1.3.0, double_seq_bn 32 | 300,674 | 8.0 | - | 16.0 |" in page
     assert "| Houlsby training ≥ 1.2x the adapters library (fixed) | 1.25x | met |" in page
     assert "| Houlsby MRPC F1, best epoch ≥ 87 (mean of 2 seeds) | 87.0 | met |" in page
     # theirs: final 85 and 87 -> 86.0 ± 1.4; ours 86.0 -> not below theirs
@@ -180,6 +184,32 @@ def test_memory_bench_trains_an_epochs_heaviest_batches():
     assert lengths[0] == 96
     fixed = memory.heaviest_batches("mrpc", "fixed", 2)
     assert [int(inputs["input_ids"].shape[1]) for inputs, _ in fixed] == [128, 128]
+
+
+def test_dense_fixed_padding_times_the_fixed_batches_on_a_step_without_skip_padding(tmp_path, monkeypatch):
+    import numpy as np
+    import train_throughput
+    batches = train_throughput.epoch_batches("mrpc", ["fixed", "fixed_dense", "dynamic"], 2)
+    assert batches["fixed_dense"] is batches["fixed"]
+    train_throughput.save_batches(tmp_path / "b.npz", batches)
+    with np.load(tmp_path / "b.npz") as saved:  # the peers compute on the padding at `fixed` already
+        assert {key.split("__")[0] for key in saved.files} == {"fixed", "dynamic"}
+
+    built, timed = [], []
+    def make_step(method, task, skip_padding=True):
+        built.append((method, skip_padding))
+        return (method, skip_padding), {"trainable_params": 1, "total_params": 2}
+    def time_pass(step, chosen):
+        timed.append(step)
+        return 1.0, 32 * len(chosen), 32 * len(chosen) * 128
+    monkeypatch.setattr(train_throughput, "make_step", make_step)
+    monkeypatch.setattr(train_throughput, "time_pass", time_pass)
+    figures = train_throughput.time_methods(["houlsby", "full"], "mrpc", batches, rounds=2)
+    assert built == [("houlsby", True), ("houlsby", False), ("full", True), ("full", False)]
+    # Per round: fixed, fixed_dense, dynamic for each method, each padding on its own step.
+    assert timed[6:12] == [("houlsby", True), ("full", True), ("houlsby", False), ("full", False),
+                           ("houlsby", True), ("full", True)]
+    assert set(figures["houlsby"]) >= {"fixed", "fixed_dense", "dynamic"}
 
 
 def test_inference_figures_are_per_batch_medians_relative_to_the_base():
