@@ -1,7 +1,7 @@
 """Dev accuracy of every method on MRPC and SST-2, over several seeds, with trainable fractions.
 
     python bench/accuracy.py [--tasks mrpc,sst2] [--methods houlsby,...,full] [--seeds 0,1,2]
-                             [--out /tmp/adapter_bert_bench]
+                             [--learning_rate LR] [--out /tmp/adapter_bert_bench]
 
 Each (task, method, seed) is one run of the training command, in a child process:
 
@@ -10,7 +10,9 @@ Each (task, method, seed) is one run of the training command, in a child process
         --bucket_boundaries 32,48,64,96,128 --learning_rate LR(M) --warmup_ratio 0.1 --epochs E
         --seed S --data_dir ../shared/data/glue/<T> --nopredict_test --noexport
 
-The learning rates are those of `flags/methods/`. SST-2 trains on a fixed random subset of
+The learning rates are those of `flags/methods/`; `--learning_rate` replaces them for every method
+run, for checks kept apart from the main grid (`--out /tmp/adapter_bert_bench/checks/<name>`, which
+`bench/report.py` lists beside the presets' figures). SST-2 trains on a fixed random subset of
 `--sst2_train_examples` sentences (the same subset for every seed and method; full dev set),
 because its 67k sentences take about an hour an epoch on 2 cores. A run whose `results.json`
 already exists is not repeated, so an interrupted benchmark resumes where it stopped;
@@ -38,8 +40,9 @@ TASK_DIRS = {"mrpc": "MRPC", "sst2": "SST-2"}
 
 
 def run_command(task: str, method: str, seed: int, epochs: int, out: Path,
-                train_examples: int | None) -> list[str]:
-    args = common.training_args(method, task)
+                train_examples: int | None, learning_rate: float | None = None) -> list[str]:
+    overrides = {} if learning_rate is None else {"learning_rate": learning_rate}
+    args = common.training_args(method, task, **overrides)
     command = [sys.executable, str(common.REPO / "run_tf_adapter_bert.py"),
                f"--casing={args.casing}", f"--task={task}", f"--method={method}",
                f"--pooling={args.pooling}", f"--batch_size={args.batch_size}",
@@ -80,6 +83,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--sst2_train_examples", type=int, default=2000)
+    parser.add_argument("--learning_rate", type=float, default=None,
+                        help="one rate for every method instead of the presets' (for checks)")
     parser.add_argument("--out", type=Path, default=common.DEFAULT_OUT)
     parser.add_argument("--collect_only", action="store_true",
                         help="train nothing: summarise the runs that have finished")
@@ -94,7 +99,7 @@ def main(argv=None) -> int:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     report = {"benchmark": "accuracy", "machine": common.machine(), "epochs": args.epochs,
               "sst2_train_examples": args.sst2_train_examples, "seeds": seeds,
-              "learning_rates": {m: common.LEARNING_RATES[m] for m in methods},
+              "learning_rates": {m: args.learning_rate or common.LEARNING_RATES[m] for m in methods},
               "command": " ".join([sys.executable] + sys.argv), "tasks": {}}
     for task in tasks:
         report["tasks"][task] = {}
@@ -107,7 +112,8 @@ def main(argv=None) -> int:
                     if args.collect_only:
                         continue
                     examples = args.sst2_train_examples if task == "sst2" else None
-                    command = run_command(task, method, seed, args.epochs, run_dir, examples)
+                    command = run_command(task, method, seed, args.epochs, run_dir, examples,
+                                          args.learning_rate)
                     print(f"[{time.strftime('%H:%M:%S')}] {task} {method} seed {seed}: "
                           + " ".join(command[1:]), file=sys.stderr, flush=True)
                     subprocess.run(command + ["--overwrite"], check=True, env=env)

@@ -4,8 +4,9 @@
 
 Reads what the other bench scripts wrote under `--results` (any subset; missing benchmarks are
 left out): `train_throughput.json`, `inference.json`, `memory.json`, `onednn.json`,
-`peers/peers.json`, and every run under `accuracy_runs/` (summarised over however many seeds are
-there). Writes `<docs>/results/*.png` and replaces the text between the `generated` markers of
+`peers/peers.json`, every run under `accuracy_runs/` (summarised over however many seeds are
+there), and the accuracy checks under `checks/<name>/accuracy_runs/` (`bench/accuracy.py` with
+another learning rate or epoch count, listed beside the presets' figures). Writes `<docs>/results/*.png` and replaces the text between the `generated` markers of
 `<docs>/RESULTS.md`; the prose around them is written by hand.
 
 Example (with no results at all, the generated part says so):
@@ -51,12 +52,25 @@ def load_accuracy(results: Path) -> dict:
     return summaries
 
 
+def load_checks(results: Path) -> dict:
+    """{check name: {task: {method: summary with its learning_rate and epochs}}} under `checks/`."""
+    checks = {}
+    for check_dir in sorted((results / "checks").glob("*")):
+        for task, methods in load_accuracy(check_dir).items():
+            for method, summary in methods.items():
+                run = json.loads(next((check_dir / "accuracy_runs" / task / method).glob(
+                    f"seed*/{task}/results.json")).read_text())
+                summary.update(learning_rate=run["args"]["learning_rate"], epochs=run["args"]["epochs"])
+                checks.setdefault(check_dir.name, {}).setdefault(task, {})[method] = summary
+    return checks
+
+
 def load_results(results: Path) -> dict:
     peers = (_read(results / "peers" / "peers.json") or {}).get("results", {})
     return {"train": _read(results / "train_throughput.json"), "inference": _read(results / "inference.json"),
             "memory": _read(results / "memory.json"), "onednn": _read(results / "onednn.json"),
             "peers_train": peers.get("throughput_mrpc"), "peers_accuracy": peers.get("accuracy_mrpc"),
-            "accuracy": load_accuracy(results)}
+            "accuracy": load_accuracy(results), "checks": load_checks(results)}
 
 
 def _machine_line(report: dict) -> str:
@@ -200,6 +214,7 @@ def accuracy_section(res: dict) -> list[str]:
                          _summary_cell(s["final"]), _summary_cell(s["best_epoch"]), s["final"]["n"]])
         out += [_table(["method", "trainable params", "trainable %", f"final epoch {metric}",
                         f"best epoch {metric}", "seeds"], rows), ""]
+    out += checks_section(res)
     peers = res["peers_accuracy"]
     if peers:
         out += ["### PyTorch peers, MRPC dev (same checkpoint, data, batch, epochs)", ""]
@@ -214,6 +229,23 @@ def accuracy_section(res: dict) -> list[str]:
         out += [_table(["system", "trainable params", "final F1", "best epoch F1",
                         "seeds", "peak RSS (MB)"], rows), ""]
     return out
+
+
+def checks_section(res: dict) -> list[str]:
+    """The accuracy checks, each beside the preset run of the same method and task."""
+    rows = []
+    for name, tasks in res.get("checks", {}).items():
+        for task, methods in tasks.items():
+            for method, s in methods.items():
+                preset = res["accuracy"].get(task, {}).get(method)
+                rows.append([name, task, method, f"{s['learning_rate']:g}", s["epochs"],
+                             _summary_cell(s["final"]), _summary_cell(s["best_epoch"]), s["final"]["n"],
+                             f"{_summary_cell(preset['final'])} ({preset['final']['n']})" if preset else "-"])
+    if not rows:
+        return []
+    return ["### Accuracy checks (one setting changed from the preset)", "",
+            _table(["check", "task", "method", "learning rate", "epochs", "final", "best epoch", "seeds",
+                    "preset's final (seeds)"], rows), ""]
 
 
 def _summary_cell(summary: dict) -> str:

@@ -136,6 +136,24 @@ def test_report_summarises_runs_tables_and_plots(tmp_path):
         assert (docs / "results" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_report_lists_checks_beside_the_preset(tmp_path):
+    for root, lr, seeds in [(tmp_path, 5e-4, {0: [0.80, 0.82], 1: [0.80, 0.84]}),
+                            (tmp_path / "checks" / "lora_lr1e-3", 1e-3, {0: [0.82, 0.86], 1: [0.83, 0.88]})]:
+        for seed, f1s in seeds.items():
+            run = root / "accuracy_runs" / "mrpc" / "lora" / f"seed{seed}" / "mrpc"
+            run.mkdir(parents=True)
+            record = _results_json(seed, f1s)
+            record["args"].update(learning_rate=lr, epochs=2)
+            (run / "results.json").write_text(json.dumps(record))
+    res = report.load_results(tmp_path)
+    assert list(res["accuracy"]["mrpc"]) == ["lora"]  # the checks stay out of the main grid
+    # final 86 and 88 -> 87.0 ± 1.4, beside the preset's 82 and 84 -> 83.0 ± 1.4
+    assert ("| lora_lr1e-3 | mrpc | lora | 0.001 | 2 | 87.0 ± 1.4 | 87.0 ± 1.4 | 2 | 83.0 ± 1.4 (2) |"
+            in report.render_tables(res))
+    accuracy_main = accuracy.run_command("mrpc", "lora", 0, 3, Path("/tmp/x"), None, learning_rate=1e-3)
+    assert "--learning_rate=0.001" in accuracy_main
+
+
 def test_report_refuses_a_page_without_markers(tmp_path):
     (tmp_path / "RESULTS.md").write_text("# hand-written only\n")
     with pytest.raises(SystemExit, match="markers"):
