@@ -53,14 +53,15 @@ def load_accuracy(results: Path) -> dict:
 
 
 def load_checks(results: Path) -> dict:
-    """{check name: {task: {method: summary with its learning_rate and epochs}}} under `checks/`."""
+    """{check name: {task: {method: summary and its run settings}}} under `checks/`."""
     checks = {}
     for check_dir in sorted((results / "checks").glob("*")):
         for task, methods in load_accuracy(check_dir).items():
             for method, summary in methods.items():
                 run = json.loads(next((check_dir / "accuracy_runs" / task / method).glob(
                     f"seed*/{task}/results.json")).read_text())
-                summary.update(learning_rate=run["args"]["learning_rate"], epochs=run["args"]["epochs"])
+                summary.update(learning_rate=run["args"]["learning_rate"], epochs=run["args"]["epochs"],
+                               train_examples=run["args"].get("max_train_examples"))
                 checks.setdefault(check_dir.name, {}).setdefault(task, {})[method] = summary
     return checks
 
@@ -239,12 +240,14 @@ def checks_section(res: dict) -> list[str]:
             for method, s in methods.items():
                 preset = res["accuracy"].get(task, {}).get(method)
                 rows.append([name, task, method, f"{s['learning_rate']:g}", s["epochs"],
+                             f"{s['train_examples']:,}" if s["train_examples"] else "all",
                              _summary_cell(s["final"]), _summary_cell(s["best_epoch"]), s["final"]["n"],
                              f"{_summary_cell(preset['final'])} ({preset['final']['n']})" if preset else "-"])
     if not rows:
         return []
     return ["### Accuracy checks (one setting changed from the preset)", "",
-            _table(["check", "task", "method", "learning rate", "epochs", "final", "best epoch", "seeds",
+            _table(["check", "task", "method", "learning rate", "epochs", "train examples", "final",
+                    "best epoch", "seeds",
                     "preset's final (seeds)"], rows), ""]
 
 

@@ -148,7 +148,7 @@ def test_report_lists_checks_beside_the_preset(tmp_path):
     res = report.load_results(tmp_path)
     assert list(res["accuracy"]["mrpc"]) == ["lora"]  # the checks stay out of the main grid
     # final 86 and 88 -> 87.0 ± 1.4, beside the preset's 82 and 84 -> 83.0 ± 1.4
-    assert ("| lora_lr1e-3 | mrpc | lora | 0.001 | 2 | 87.0 ± 1.4 | 87.0 ± 1.4 | 2 | 83.0 ± 1.4 (2) |"
+    assert ("| lora_lr1e-3 | mrpc | lora | 0.001 | 2 | all | 87.0 ± 1.4 | 87.0 ± 1.4 | 2 | 83.0 ± 1.4 (2) |"
             in report.render_tables(res))
     accuracy_main = accuracy.run_command("mrpc", "lora", 0, 3, Path("/tmp/x"), None, learning_rate=1e-3)
     assert "--learning_rate=0.001" in accuracy_main
