@@ -3,7 +3,7 @@
     python bench/report.py [--results /tmp/adapter_bert_bench] [--docs docs]
 
 Reads what the other bench scripts wrote under `--results` (any subset; missing benchmarks are
-left out): `train_throughput.json`, `inference.json`, `memory.json`, `onednn.json`,
+left out): `train_throughput.json`, `inference.json`, `memory.json`, `onednn.json`, `matmul_peak.json`,
 `peers/peers.json`, every run under `accuracy_runs/` (summarised over however many seeds are
 there), and the accuracy checks under `checks/<name>/accuracy_runs/` (`bench/accuracy.py` with
 another learning rate or epoch count, listed beside the presets' figures). Writes `<docs>/results/*.png` and replaces the text between the `generated` markers of
@@ -70,6 +70,7 @@ def load_results(results: Path) -> dict:
     peers = (_read(results / "peers" / "peers.json") or {}).get("results", {})
     return {"train": _read(results / "train_throughput.json"), "inference": _read(results / "inference.json"),
             "memory": _read(results / "memory.json"), "onednn": _read(results / "onednn.json"),
+            "matmul_peak": _read(results / "matmul_peak.json"),
             "peers_train": peers.get("throughput_mrpc"), "peers_accuracy": peers.get("accuracy_mrpc"),
             "accuracy": load_accuracy(results), "checks": load_checks(results)}
 
@@ -356,6 +357,12 @@ def render_tables(res: dict) -> str:
                          [[m, on["examples_per_second"]["TF_ENABLE_ONEDNN_OPTS=0"][m],
                            on["examples_per_second"]["TF_ENABLE_ONEDNN_OPTS=1"][m], f"{s:.2f}x"]
                           for m, s in on["speedup"].items()]), ""]
+    if res.get("matmul_peak"):
+        peak = res["matmul_peak"]
+        parts += [f"### Bare matmul rate (TensorFlow, oneDNN on; median of {peak['repeats']} calls)", "",
+                  _machine_line(peak), "",
+                  _table(["matmul", "shape", "GFLOP/s"],
+                         [[name, m["shape"], f"{m['gflops']:.1f}"] for name, m in peak["matmuls"].items()]), ""]
     if res["inference"]:
         parts += inference_section(res["inference"])
     if res["memory"]:

@@ -18,18 +18,19 @@ import common  # noqa: E402
 import report  # noqa: E402
 
 
-@pytest.mark.parametrize("script, argv", [
-    ("train_throughput", ["--methods", "houlsby,adapterdrop"]),
-    ("train_throughput", ["--paddings", "ragged"]),
-    ("memory", ["--methods", "nope"]),
-    ("accuracy", ["--tasks", "cola"]),
+@pytest.mark.parametrize("script, argv, message", [
+    ("train_throughput", ["--methods", "houlsby,adapterdrop"], "unknown method or padding: adapterdrop"),
+    ("train_throughput", ["--paddings", "ragged"], "unknown method or padding: ragged"),
+    ("memory", ["--methods", "nope"], "unknown method or padding: nope"),
+    ("accuracy", ["--tasks", "cola"], "unknown task or method: cola"),
+    ("matmul_peak", ["--tokens", "0"], "--tokens and --repeats must be positive"),
 ])
-def test_unknown_choices_exit_with_usage_error(script, argv, capsys):
+def test_bad_choices_exit_with_usage_error(script, argv, message, capsys):
     module = __import__(script)
     with pytest.raises(SystemExit) as exit_info:
         module.main(argv)
     assert exit_info.value.code == 2
-    assert "unknown" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_accuracy_command_is_the_training_command_with_each_methods_rate():
@@ -104,6 +105,8 @@ def test_report_summarises_runs_tables_and_plots(tmp_path):
                     "houlsby": variant(0.9)},
         "fixed": {"base": variant(1.0), "base_control": variant(1.03), "lora_merged": variant(1.0),
                   "houlsby": variant(0.95)}}}))
+    (results / "matmul_peak.json").write_text(json.dumps({"machine": machine, "repeats": 3, "matmuls": {
+        "FFN in": {"shape": "[1536, 384] @ [384, 1536]", "median_ms": 10.0, "gflops": 181.2}}}))
     docs.mkdir()
     (docs / "RESULTS.md").write_text(f"# R\n\nprose\n{report.START}\nold\n{report.END}\nmore prose\n")
 
@@ -116,6 +119,7 @@ def test_report_summarises_runs_tables_and_plots(tmp_path):
     assert "| full | 1,000 | 1.00 | 90.0 | 90.0 | 1 |" in page  # one seed: no spread shown
     assert "| MRPC houlsby within 1.0 point of full fine-tuning | 4.0 points below | **missed** (see the accuracy notes) |" in page
     assert "| adapter_bert houlsby | 1,000 | 10.0 | 5.0 | 20.0 |" in page
+    assert "| FFN in | [1536, 384] @ [384, 1536] | 181.2 |" in page
     assert "| bucketing ≥ 2x fixed-128 (Houlsby, MRPC) | 1.50x | **missed** |" in page
     assert "| bucketing ≥ 2x fixed-128 computing on the padding (Houlsby, MRPC) | 3.00x | met |" in page
     assert "| Houlsby training ≥ 1.5x our full fine-tuning (fixed) | 1.00x | **missed** |" in page
