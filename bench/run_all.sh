@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every benchmark of docs/RESULTS.md one after another (never two at once: 2 cores), then
 # draws the report. Usage: bash bench/run_all.sh [OUT]   (default /tmp/adapter_bert_bench)
-# Needs the bench extra: pip install -e ".[bench]". About 4-5 hours on 2 cores, mostly accuracy.
+# Needs the bench extra: pip install -e ".[bench]". About 5-6 hours on 2 cores, mostly accuracy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-/tmp/adapter_bert_bench}"
@@ -16,4 +16,9 @@ python bench/matmul_peak.py --out "$OUT"
 python bench/accuracy.py --tasks mrpc,sst2 --seeds 0,1,2 --epochs 3 --out "$OUT"
 python bench/peers.py --mode accuracy --task mrpc --systems adapters_houlsby,peft_lora,torch_full \
     --padding dynamic --seeds 0,1,2 --epochs 3 --out "$OUT/peers"
+# Checks behind RESULTS' accuracy explanations, each with one setting changed from the preset.
+python bench/accuracy.py --tasks mrpc --methods lora --learning_rate 1e-3 --out "$OUT/checks/lora_lr1e-3"
+python bench/accuracy.py --tasks sst2 --methods houlsby,full --seeds 0 --sst2_train_examples 8000 \
+    --out "$OUT/checks/sst2_8000"
+python bench/accuracy.py --tasks sst2 --methods houlsby --learning_rate 2e-3 --out "$OUT/checks/sst2_houlsby_lr2e-3"
 python bench/report.py --results "$OUT" --docs docs
