@@ -71,6 +71,9 @@ def collect(task: str, method: str, runs: list[dict]) -> dict:
             "best_epoch": summarise([r["best"]["dev"][metric] for r in runs]),
             "trainable_params": runs[0]["trainable_params"], "total_params": runs[0]["total_params"],
             "trainable_fraction": round(runs[0]["trainable_params"] / runs[0]["total_params"], 5),
+            # The settings a check may change from the preset (bench/report.py's checks table).
+            "learning_rate": runs[0]["args"].get("learning_rate"), "epochs": runs[0]["args"].get("epochs"),
+            "train_examples": runs[0]["args"].get("max_train_examples"),
             "runs": [{"seed": r["args"]["seed"], "final": r["final"]["dev"], "best": r["best"],
                       "train_examples_per_second": round(r["train_examples_per_second"], 1),
                       "wall_seconds": round(r["wall_seconds"], 1)} for r in runs]}
@@ -92,6 +95,8 @@ def main(argv=None) -> int:
     tasks = [t for t in args.tasks.split(",") if t]
     methods = [m for m in args.methods.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    if args.learning_rate is not None and args.learning_rate <= 0:
+        parser.error(f"--learning_rate must be positive, got {args.learning_rate}")
     unknown = sorted(set(tasks) - set(TASK_DIRS)) + sorted(set(methods) - set(common.METHODS))
     if unknown:
         parser.error(f"unknown task or method: {', '.join(unknown)}")
@@ -99,7 +104,8 @@ def main(argv=None) -> int:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     report = {"benchmark": "accuracy", "machine": common.machine(), "epochs": args.epochs,
               "sst2_train_examples": args.sst2_train_examples, "seeds": seeds,
-              "learning_rates": {m: args.learning_rate or common.LEARNING_RATES[m] for m in methods},
+              "learning_rates": {m: common.LEARNING_RATES[m] if args.learning_rate is None else args.learning_rate
+                                 for m in methods},
               "command": " ".join([sys.executable] + sys.argv), "tasks": {}}
     for task in tasks:
         report["tasks"][task] = {}

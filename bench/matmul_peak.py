@@ -5,10 +5,10 @@
 A BERT training step is mostly the dense layers' matmuls. On a CPU every system (ours, the PyTorch
 peers) is bound by the same arithmetic units, so once a step's matmuls run near this rate, a
 faster step needs less arithmetic, not faster kernels. This times, with oneDNN on as adapter_bert
-sets it (`common` does so before TensorFlow loads), the three matmul shapes of a MiniLM layer on `--tokens` token rows (1536 = 32 rows of
-48 tokens, a bucketed MRPC batch's real tokens) and a square 2048 matmul for reference. A figure is
-the median over `--repeats` calls, each synchronised by reading one element of the result. Writes
-`<out>/matmul_peak.json`.
+sets it (`common` does so before TensorFlow loads), the three matmul shapes of a MiniLM layer on
+`--tokens` token rows (1536 = 32 rows of 48 tokens, a bucketed MRPC batch's real tokens) and a
+square 2048 matmul for reference. A figure is the median over `--repeats` calls, each synchronised
+by reading one element of the result. Writes `<out>/matmul_peak.json`.
 
 To compare a training run with it: a MiniLM layer does 4·384² + 2·384·1536 = 1.77M multiply-adds
 per token (Houlsby-32 adds 49k), forward; an adapter step repeats them once for the input

@@ -3,10 +3,11 @@
     python bench/report.py [--results /tmp/adapter_bert_bench] [--docs docs]
 
 Reads what the other bench scripts wrote under `--results` (any subset; missing benchmarks are
-left out): `train_throughput.json`, `inference.json`, `memory.json`, `onednn.json`, `matmul_peak.json`,
-`peers/peers.json`, every run under `accuracy_runs/` (summarised over however many seeds are
-there), and the accuracy checks under `checks/<name>/accuracy_runs/` (`bench/accuracy.py` with
-another learning rate or epoch count, listed beside the presets' figures). Writes `<docs>/results/*.png` and replaces the text between the `generated` markers of
+left out): `train_throughput.json`, `inference.json`, `memory.json`, `onednn.json`,
+`matmul_peak.json`, `peers/peers.json`, every run under `accuracy_runs/` (summarised over however
+many seeds are there), and the accuracy checks under `checks/<name>/accuracy_runs/`
+(`bench/accuracy.py` with one setting changed, listed beside the presets' figures). Writes
+`<docs>/results/*.png` and replaces the text between the `generated` markers of
 `<docs>/RESULTS.md`; the prose around them is written by hand.
 
 Example (with no results at all, the generated part says so):
@@ -55,16 +56,12 @@ def load_accuracy(results: Path) -> dict:
 
 
 def load_checks(results: Path) -> dict:
-    """{check name: {task: {method: summary and its run settings}}} under `checks/`."""
+    """{check name: {task: {method: summary}}} for every check under `checks/`."""
     checks = {}
     for check_dir in sorted((results / "checks").glob("*")):
-        for task, methods in load_accuracy(check_dir).items():
-            for method, summary in methods.items():
-                run = json.loads(next((check_dir / "accuracy_runs" / task / method).glob(
-                    f"seed*/{task}/results.json")).read_text())
-                summary.update(learning_rate=run["args"]["learning_rate"], epochs=run["args"]["epochs"],
-                               train_examples=run["args"].get("max_train_examples"))
-                checks.setdefault(check_dir.name, {}).setdefault(task, {})[method] = summary
+        summaries = load_accuracy(check_dir)
+        if summaries:
+            checks[check_dir.name] = summaries
     return checks
 
 
@@ -250,8 +247,7 @@ def checks_section(res: dict) -> list[str]:
         return []
     return ["### Accuracy checks (one setting changed from the preset)", "",
             _table(["check", "task", "method", "learning rate", "epochs", "train examples", "final",
-                    "best epoch", "seeds",
-                    "preset's final (seeds)"], rows), ""]
+                    "best epoch", "seeds", "preset's final (seeds)"], rows), ""]
 
 
 def _summary_cell(summary: dict) -> str:

@@ -135,7 +135,8 @@ def time_methods(methods, task: str, batches: dict, rounds: int) -> dict:
         for padding, chosen in batches.items():
             dense = padding in DENSE
             if (method, dense) not in steps:
-                steps[method, dense], figures[method] = make_step(method, task, skip_padding=not dense)
+                steps[method, dense], counts = make_step(method, task, skip_padding=not dense)
+                figures.setdefault(method, counts)
             time_pass(steps[method, dense], chosen)
     samples = {(m, p): [] for m in methods for p in batches}
     for round_index in range(rounds):

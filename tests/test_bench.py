@@ -24,6 +24,7 @@ import report  # noqa: E402
     ("memory", ["--methods", "nope"], "unknown method or padding: nope"),
     ("accuracy", ["--tasks", "cola"], "unknown task or method: cola"),
     ("matmul_peak", ["--tokens", "0"], "--tokens and --repeats must be positive"),
+    ("accuracy", ["--learning_rate", "0"], "--learning_rate must be positive, got 0.0"),
 ])
 def test_bad_choices_exit_with_usage_error(script, argv, message, capsys):
     module = __import__(script)
