@@ -24,6 +24,7 @@ import keras
 from keras import ops
 
 from adapter_bert.bert.config import BertConfig
+from adapter_bert.bert.fast_ops import LayerNorm, gelu
 
 # Additive mask value for padded keys. -10000 is what Google's BERT uses; it is representable in
 # float16 and bfloat16, and exp(-10000) underflows to exactly 0 in every float type.
@@ -73,23 +74,45 @@ class TokenIndex:
     def __init__(self, attention_mask):
         import tensorflow as tf
 
-        mask = tf.convert_to_tensor(attention_mask)
-        self._shape = tf.shape(mask)
-        self._rows = tf.cast(tf.where(tf.reshape(mask, [-1]) > 0), tf.int32)  # [n_tokens, 1]
+        is_token = tf.reshape(tf.cast(tf.convert_to_tensor(attention_mask) > 0, tf.int32), [-1])
+        self._shape = tf.shape(attention_mask)
+        # Both directions are row gathers with hand-written gradients (each the other's gather):
+        # TensorFlow's ScatterNd, the autodiff partner of gather_nd, ran about 4x slower per byte
+        # on CPU (bench/profile_step.py).
+        self._rows = tf.cast(tf.where(is_token > 0)[:, 0], tf.int32)  # [n_tokens] positions
+        self._slots = tf.cumsum(is_token) * is_token  # [batch * seq]: 1 + token's row, 0 at padding
+
+    def _take_rows(self, flat):
+        import tensorflow as tf
+
+        return tf.gather(flat, self._rows)
+
+    def _place_rows(self, rows):
+        import tensorflow as tf
+
+        zero_row = tf.zeros(tf.stack([1, tf.shape(rows)[-1]]), rows.dtype)
+        return tf.gather(tf.concat([zero_row, rows], 0), self._slots)
 
     def gather(self, x):
         """`[batch, seq, width]` -> `[n_tokens, width]`."""
         import tensorflow as tf
 
-        return tf.gather_nd(tf.reshape(x, [-1, tf.shape(x)[-1]]), self._rows)
+        @tf.custom_gradient
+        def take(flat):
+            return self._take_rows(flat), self._place_rows
+
+        return take(tf.reshape(x, tf.stack([-1, tf.shape(x)[-1]])))
 
     def scatter(self, x):
         """`[n_tokens, width]` -> `[batch, seq, width]`, zeros at padding."""
         import tensorflow as tf
 
-        width = tf.shape(x)[-1]
-        flat = tf.scatter_nd(self._rows, x, tf.stack([self._shape[0] * self._shape[1], width]))
-        return tf.reshape(flat, tf.concat([self._shape, [width]], 0))
+        @tf.custom_gradient
+        def place(rows):
+            return self._place_rows(rows), self._take_rows
+
+        x = tf.convert_to_tensor(x)
+        return tf.reshape(place(x), tf.concat([self._shape, tf.shape(x)[-1:]], 0))
 
 
 class HookedDense(keras.layers.Dense):
@@ -115,7 +138,7 @@ class HookedDense(keras.layers.Dense):
         return outputs
 
 
-class HookedLayerNorm(keras.layers.LayerNormalization):
+class HookedLayerNorm(LayerNorm):
     """A LayerNormalization whose output methods may modify through `hooks` (BitFit's beta offsets)."""
 
     def __init__(self, **kwargs):
@@ -323,8 +346,7 @@ class BertLayer(keras.layers.Layer):
         attention_output = self.attention(hidden, mask_bias, training=training, tokens=tokens)
         hidden = self.attention_residual(attention_output, hidden, layer_norm=self.attention_ln,
                                          training=training)
-        intermediate = keras.activations.gelu(self.intermediate(hidden, training=training),
-                                              approximate=False)
+        intermediate = gelu(self.intermediate(hidden, training=training))
         ffn_output = self.output_dropout(self.output_dense(intermediate, training=training),
                                          training=training)
         return self.output_residual(ffn_output, hidden, layer_norm=self.output_ln,

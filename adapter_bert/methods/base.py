@@ -11,11 +11,12 @@ from __future__ import annotations
 import keras
 
 from adapter_bert.bert.config import BertConfig
+from adapter_bert.bert.fast_ops import gelu
 from adapter_bert.configuration import AdapterConfig
 
 ACTIVATIONS = {
     "relu": keras.activations.relu,
-    "gelu": lambda x: keras.activations.gelu(x, approximate=False),
+    "gelu": gelu,
     "gelu_new": lambda x: keras.activations.gelu(x, approximate=True),
     "swish": keras.activations.silu,
     "silu": keras.activations.silu,

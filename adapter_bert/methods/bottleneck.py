@@ -28,6 +28,7 @@ from typing import Union
 import keras
 from keras import ops
 
+from adapter_bert.bert.fast_ops import LayerNorm
 from adapter_bert.configuration import AdapterConfig
 from adapter_bert.methods.base import (ACTIVATIONS, AdapterMethod, check_activation,
                                        check_leave_out)
@@ -207,17 +208,17 @@ class BottleneckAdapter(keras.layers.Layer):
         self.layer_norm_eps = layer_norm_eps
         self.activation = ACTIVATIONS[config.non_linearity.lower()]
         down_init, up_init = _kernel_initializers(config.init_weights, hidden_size)
-        self.adapter_norm_before = (keras.layers.LayerNormalization(
+        self.adapter_norm_before = (LayerNorm(
             epsilon=1e-5, dtype=self.dtype_policy, name="adapter_norm_before")
             if config.ln_before else None)
         self.down = keras.layers.Dense(bottleneck_size, kernel_initializer=down_init,
                                        dtype=self.dtype_policy, name="down")
         self.up = keras.layers.Dense(hidden_size, kernel_initializer=up_init,
                                      dtype=self.dtype_policy, name="up")
-        self.adapter_norm_after = (keras.layers.LayerNormalization(
+        self.adapter_norm_after = (LayerNorm(
             epsilon=1e-5, dtype=self.dtype_policy, name="adapter_norm_after")
             if config.ln_after else None)
-        self.task_layer_norm = (keras.layers.LayerNormalization(
+        self.task_layer_norm = (LayerNorm(
             epsilon=layer_norm_eps, dtype=self.dtype_policy, name="task_layer_norm")
             if config.task_layer_norm else None)
         self.dropout = keras.layers.Dropout(config.dropout, dtype=self.dtype_policy, name="dropout")
