@@ -12,7 +12,9 @@ per run. Systems, all on BertForSequenceClassification over the packaged MiniLM 
 * torch_full: every parameter trained.
 
 Modes: `throughput` times `steps` train steps (after 3 warmup steps) on the first batches of the
-seed-0 shuffle for each padding; `accuracy` trains `epochs` epochs and evaluates on dev after each.
+seed-0 shuffle for each padding; `accuracy` trains `epochs` epochs and evaluates on dev after each;
+`profile` runs one pass over `--batches_npz`'s batches of the first `--paddings` under
+torch.profiler and sums the op times by the categories of `bench/profile_step.py`.
 Progress goes to stderr; the figures go to `--json_out`. Imports neither TensorFlow nor
 adapter_bert: this process only has the peer stack.
 """
@@ -309,6 +311,74 @@ def measure_throughput(args, system: str, model_factory, features: list, pad_id:
     return rows
 
 
+# bench/profile_step.py's categories, by aten op; anything under an optimizer step is "optimizer".
+TORCH_CATEGORIES = {
+    "aten::mm": "matmul (dense layers)", "aten::addmm": "matmul (dense layers)",
+    "aten::bmm": "matmul (attention)", "aten::baddbmm": "matmul (attention)",
+    "aten::gelu": "GELU", "aten::gelu_backward": "GELU",
+    "aten::native_layer_norm": "LayerNorm", "aten::native_layer_norm_backward": "LayerNorm",
+    "aten::bernoulli_": "dropout", "aten::native_dropout": "dropout",
+    "aten::native_dropout_backward": "dropout",
+    "aten::_softmax": "softmax", "aten::_softmax_backward_data": "softmax",
+    "aten::copy_": "gathers, scatters, transposes", "aten::index_select": "gathers, scatters, transposes",
+    "aten::cat": "gathers, scatters, transposes",
+}
+PROFILE_CATEGORIES = ("matmul (dense layers)", "matmul (attention)", "GELU", "LayerNorm", "dropout",
+                      "softmax", "gathers, scatters, transposes", "optimizer", "other")
+
+
+def torch_category(event) -> str:
+    """The category of one profiled op: its own name, or an enclosing dropout or optimizer step."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("Optimizer.step"):
+            return "optimizer"
+        if parent.name in ("aten::dropout", "aten::native_dropout"):
+            return "dropout"
+        parent = parent.cpu_parent
+    return TORCH_CATEGORIES.get(event.name, "other")
+
+
+def profile_step(args, system: str, model_factory) -> dict:
+    """Milliseconds per step by category over one profiled pass of the shared batches."""
+    from torch.profiler import ProfilerActivity, profile
+
+    padding = args.paddings.split(",")[0]
+    batches = load_shared_batches(args.batches_npz)[padding]
+    seed_everything(0)
+    model = model_factory()
+    optimizer, scheduler = make_optimizer(model, LEARNING_RATES[system], 1000)
+    for _ in range(2):  # as bench/profile_step.py: two untimed passes, one timed, one profiled
+        for batch in batches:
+            train_step(model, optimizer, scheduler, batch)
+    start = time.perf_counter()
+    for batch in batches:
+        train_step(model, optimizer, scheduler, batch)
+    wall = time.perf_counter() - start
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for batch in batches:
+            train_step(model, optimizer, scheduler, batch)
+        profiled = time.perf_counter() - start
+    by_category, by_op = {c: 0.0 for c in PROFILE_CATEGORIES}, {}
+    for event in prof.events():
+        if event.name.startswith(("Optimizer.step", "ProfilerStep")) or event.self_cpu_time_total <= 0:
+            continue
+        seconds = event.self_cpu_time_total * 1e-6
+        by_category[torch_category(event)] += seconds
+        by_op[event.name] = by_op.get(event.name, 0.0) + seconds
+    steps = len(batches)
+    examples = sum(int(batch["labels"].shape[0]) for batch in batches)
+    top = sorted(by_op.items(), key=lambda item: -item[1])[:10]
+    return {"padding": padding, "steps": steps,
+            "wall_ms_per_step": round(1e3 * wall / steps, 1),
+            "op_ms_per_step": round(1e3 * sum(by_category.values()) / steps, 1),
+            "categories_ms_per_step": {c: round(1e3 * v / steps, 1) for c, v in by_category.items()},
+            "top_op_types_ms_per_step": {name: round(1e3 * v / steps, 1) for name, v in top},
+            "examples_per_second": round(examples / wall, 2),
+            "examples_per_second_profiled": round(examples / profiled, 2)}
+
+
 @torch.no_grad()
 def evaluate(model, features: list, task: str, max_seq_length: int, pad_id: int,
              padding: str) -> dict:
@@ -378,7 +448,7 @@ def write_json_atomic(path: str, payload: dict) -> None:
 def parse_args() -> argparse.Namespace:
     """Parses the command line bench/peers.py passes."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", choices=("throughput", "accuracy"), required=True)
+    parser.add_argument("--mode", choices=("throughput", "accuracy", "profile"), required=True)
     parser.add_argument("--task", choices=tuple(TASK_DIRS), required=True)
     parser.add_argument("--system", choices=tuple(LEARNING_RATES), required=True)
     parser.add_argument("--ckpt_dir", required=True)
@@ -427,7 +497,12 @@ def main() -> int:
     if args.system == "adapters_houlsby":
         record["adapter_bottleneck"] = adapter_bottleneck(model)
         record["active_adapters"] = str(model.active_adapters)
-    if args.mode == "throughput":
+    if args.mode == "profile":
+        if not args.batches_npz:
+            raise SystemExit("--mode profile needs --batches_npz")
+        del model
+        record["profile"] = profile_step(args, args.system, model_factory)
+    elif args.mode == "throughput":
         del model  # each padding gets a fresh model from the factory
         record["throughput"] = measure_throughput(args, args.system, model_factory, train,
                                                   tokenizer.pad_token_id)

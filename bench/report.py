@@ -70,6 +70,7 @@ def load_results(results: Path) -> dict:
     return {"train": _read(results / "train_throughput.json"), "inference": _read(results / "inference.json"),
             "memory": _read(results / "memory.json"), "onednn": _read(results / "onednn.json"),
             "matmul_peak": _read(results / "matmul_peak.json"),
+            "profile": _read(results / "profile_step.json"),
             "peers_train": peers.get("throughput_mrpc"), "peers_accuracy": peers.get("accuracy_mrpc"),
             "accuracy": load_accuracy(results), "checks": load_checks(results)}
 
@@ -344,6 +345,23 @@ def targets_section(res: dict) -> list[str]:
     return ["### Targets of issue 6", "", _table(["target", "measured", "verdict"], rows), ""]
 
 
+def profile_section(profile: dict) -> list[str]:
+    """Op time per training step by category, ours beside the peers', from profile_step.json."""
+    columns = {**profile["methods"], **{PLOT_NAMES.get(k, k): v for k, v in profile["peers"].items()}}
+    categories = list(next(iter(columns.values()))["categories_ms_per_step"])
+
+    def cell(figures: dict, ms: float) -> str:
+        return f"{ms:.0f} ({100 * ms / figures['op_ms_per_step']:.0f}%)"
+
+    rows = [["wall time of a step"] + [f"{c['wall_ms_per_step']:.0f}" for c in columns.values()],
+            ["op time, all ops"] + [f"{c['op_ms_per_step']:.0f}" for c in columns.values()]]
+    rows += [[category] + [cell(c, c["categories_ms_per_step"][category]) for c in columns.values()]
+             for category in categories]
+    return [f"### Where a training step's time goes ({profile['padding']}, {profile['steps']} "
+            f"MRPC batches; ms per step, share of op time)", "", _machine_line(profile), "",
+            _table(["", *columns], rows), ""]
+
+
 def render_tables(res: dict) -> str:
     parts = targets_section(res)
     if res["train"]:
@@ -361,6 +379,8 @@ def render_tables(res: dict) -> str:
                   _machine_line(peak), "",
                   _table(["matmul", "shape", "GFLOP/s"],
                          [[name, m["shape"], f"{m['gflops']:.1f}"] for name, m in peak["matmuls"].items()]), ""]
+    if res.get("profile"):
+        parts += profile_section(res["profile"])
     if res["inference"]:
         parts += inference_section(res["inference"])
     if res["memory"]:

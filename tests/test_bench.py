@@ -25,6 +25,9 @@ import report  # noqa: E402
     ("accuracy", ["--tasks", "cola"], "unknown task or method: cola"),
     ("matmul_peak", ["--tokens", "0"], "--tokens and --repeats must be positive"),
     ("accuracy", ["--learning_rate", "0"], "--learning_rate must be positive, got 0.0"),
+    ("profile_step", ["--methods", "houlsby,nope"], "unknown method: nope"),
+    ("profile_step", ["--steps", "0"], "--steps must be at least 1"),
+    ("profile_step", ["--peers", "torch_lora"], "unknown peer: torch_lora"),
 ])
 def test_bad_choices_exit_with_usage_error(script, argv, message, capsys):
     module = __import__(script)
@@ -260,3 +263,60 @@ def test_accuracy_collect_only_summarises_finished_runs_and_trains_nothing(tmp_p
     assert list(summary["mrpc"]) == ["houlsby"] and summary["sst2"] == {}
     assert summary["mrpc"]["houlsby"]["final"] == {"mean": 0.84, "std": 0.0, "min": 0.84, "max": 0.84, "n": 1}
     assert summary["mrpc"]["houlsby"]["best_epoch"]["mean"] == 0.86
+
+
+@pytest.mark.parametrize("name, op_type, category", [
+    ("m/bert_encoder/layer_0/intermediate/BiasAdd", "_MklNativeFusedMatMul", "matmul (dense layers)"),
+    ("gradient_tape/m/bert_encoder/layer_0/output/MatMul/MatMul", "_MklMatMul", "matmul (dense layers)"),
+    ("m/bert_encoder/layer_0/attention/MatMul_1", "_MklBatchMatMulV2", "matmul (attention)"),
+    ("gradient_tape/m/bert_encoder/layer_3/gelu/mul", "Mul", "GELU"),
+    ("m/bert_encoder/layer_3/attention_ln/layer_norm/moments/mean", "Mean", "LayerNorm"),
+    ("m/bert_encoder/layer_3/layer_3_mh_adapter/task_layer_norm/layer_norm/sub", "Sub", "LayerNorm"),
+    ("m/bert_encoder/layer_1/attention/attention_dropout/stateless_dropout/random", "StatelessRandomUniformV2", "dropout"),
+    ("m/bert_encoder/layer_1/attention/Softmax", "_MklSoftmax", "softmax"),
+    ("m/bert_encoder/layer_1/attention/GatherV2_1", "GatherV2", "gathers, scatters, transposes"),
+    ("m/bert_encoder/layer_1/attention/transpose", "_MklTranspose", "gathers, scatters, transposes"),
+    ("adam_w/Mul_3", "Mul", "optimizer"),
+    ("m/ArithmeticOptimizer/AddOpsRewrite_add_1", "AddN", "other"),
+    ("m/bert_encoder/layer_1/attention/add", "AddV2", "other"),
+])
+def test_profile_categories_name_each_op(name, op_type, category):
+    import profile_step
+
+    assert profile_step.tf_category(name, op_type) == category
+
+
+def test_profile_summary_and_report_table():
+    import profile_step
+
+    events = [("a/layer_0/gelu/mul", "Mul", 0.010), ("a/x/BiasAdd", "_MklNativeFusedMatMul", 0.030),
+              ("a/x/BiasAdd", "_MklNativeFusedMatMul", 0.030), ("a/y", "AddV2", 0.010)]
+    summary = profile_step.summarize(events, steps=2, wall_seconds=0.07)
+    assert summary["wall_ms_per_step"] == 35.0 and summary["op_ms_per_step"] == 40.0
+    assert summary["categories_ms_per_step"]["matmul (dense layers)"] == 30.0
+    assert summary["categories_ms_per_step"]["GELU"] == 5.0
+    assert sum(summary["categories_ms_per_step"].values()) == 40.0
+    peer = dict(summary, categories_ms_per_step=dict(summary["categories_ms_per_step"], GELU=1.0))
+    profile = {"padding": "bucketed", "steps": 2, "machine": {"cpu": "X", "cores": 2, "python": "3.11"},
+               "methods": {"houlsby": summary}, "peers": {"adapters_houlsby": peer}}
+    table = "\n".join(report.profile_section(profile))
+    assert "| GELU | 5 (12%) | 1 (2%) |" in table
+    assert "adapters lib (PyTorch)" in table
+
+
+@pytest.mark.slow
+def test_profile_attributes_a_real_houlsby_step(tmp_path):
+    """One bucketed MRPC batch of the packaged MiniLM under the TF profiler: every part is found."""
+    import profile_step
+    import train_throughput
+
+    batches = train_throughput.epoch_batches("mrpc", ["bucketed"], 1)["bucketed"]
+    figures = profile_step.profile_method("houlsby", "mrpc", batches, tmp_path / "trace")
+    categories = figures["categories_ms_per_step"]
+    assert abs(sum(categories.values()) - figures["op_ms_per_step"]) < 0.5
+    for category in ("matmul (dense layers)", "matmul (attention)", "GELU", "LayerNorm", "dropout",
+                     "softmax", "gathers, scatters, transposes", "optimizer"):
+        assert categories[category] > 0, category
+    # The dense layers' matmuls are the largest part; "other" holds only what no category names.
+    assert categories["matmul (dense layers)"] == max(categories.values())
+    assert categories["other"] < 0.25 * figures["op_ms_per_step"]
