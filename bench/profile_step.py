@@ -126,7 +126,9 @@ def profile_peer(system: str, task: str, batches_npz: Path, padding: str, out: P
                "--glue_dir", str(common.GLUE_DIR), "--batches_npz", str(batches_npz),
                "--paddings", padding, "--threads", "2", "--json_out", str(json_out)]
     subprocess.run(command, check=True, env=peers.worker_env(out, 2))
-    return json.loads(json_out.read_text())
+    record = json.loads(json_out.read_text())
+    return {**record["profile"], "versions": record["versions"],
+            "trainable_params": record["params"]["trainable"]}
 
 
 def print_table(rows: dict) -> None:
