@@ -13,6 +13,7 @@ python bench/inference.py --rounds 5 --out "$OUT"
 python bench/memory.py --steps 4 --out "$OUT"
 python bench/onednn.py --out "$OUT"
 python bench/matmul_peak.py --out "$OUT"
+python bench/profile_step.py --peers adapters_houlsby,torch_full --out "$OUT"
 python bench/accuracy.py --tasks mrpc,sst2 --seeds 0,1,2 --epochs 3 --out "$OUT"
 python bench/peers.py --mode accuracy --task mrpc --systems adapters_houlsby,peft_lora,torch_full \
     --padding dynamic --seeds 0,1,2 --epochs 3 --out "$OUT/peers"

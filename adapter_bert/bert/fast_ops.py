@@ -26,8 +26,9 @@ def _gelu(x):
     cdf = 0.5 * tf.math.erfc(x * -_INV_SQRT2)
 
     def grad(dy):
-        pdf = _INV_SQRT_2PI * tf.exp(-0.5 * tf.square(x))
-        return dy * (cdf + x * pdf)
+        with tf.name_scope("gelu_grad"):  # the tape runs this outside the forward's scopes
+            pdf = _INV_SQRT_2PI * tf.exp(-0.5 * tf.square(x))
+            return dy * (cdf + x * pdf)
 
     return x * cdf, grad
 
@@ -57,8 +58,9 @@ def _normalize(x, epsilon: float):
 
         def grad(dy):
             # d/dx of standardisation: remove dy's mean and its projection on the output.
-            return inv_std * (dy - tf.reduce_mean(dy, -1, keepdims=True)
-                              - normalized * tf.reduce_mean(dy * normalized, -1, keepdims=True))
+            with tf.name_scope("layer_norm_grad"):
+                return inv_std * (dy - tf.reduce_mean(dy, -1, keepdims=True)
+                                  - normalized * tf.reduce_mean(dy * normalized, -1, keepdims=True))
 
         return normalized, grad
 
