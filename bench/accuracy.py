@@ -1,7 +1,7 @@
 """Dev accuracy of every method on MRPC and SST-2, over several seeds, with trainable fractions.
 
     python bench/accuracy.py [--tasks mrpc,sst2] [--methods houlsby,...,full] [--seeds 0,1,2]
-                             [--learning_rate LR] [--out /tmp/adapter_bert_bench]
+                             [--learning_rate LR] [--bottleneck_size N] [--out /tmp/adapter_bert_bench]
 
 Each (task, method, seed) is one run of the training command, in a child process:
 
@@ -11,7 +11,7 @@ Each (task, method, seed) is one run of the training command, in a child process
         --seed S --data_dir ../shared/data/glue/<T> --nopredict_test --noexport
 
 The learning rates are those of `flags/methods/`; `--learning_rate` replaces them for every method
-run, for checks kept apart from the main grid (`--out /tmp/adapter_bert_bench/checks/<name>`, which
+run, and `--bottleneck_size` the bottleneck methods' width, for checks kept apart from the main grid (`--out /tmp/adapter_bert_bench/checks/<name>`, which
 `bench/report.py` lists beside the presets' figures). SST-2 trains on a fixed random subset of
 `--sst2_train_examples` sentences (the same subset for every seed and method; full dev set),
 because its 67k sentences take about an hour an epoch on 2 cores. A run whose `results.json`
@@ -39,9 +39,16 @@ import common
 TASK_DIRS = {"mrpc": "MRPC", "sst2": "SST-2"}
 
 
+# The methods whose preset `--bottleneck_size` resizes (adapter_bert.methods.presets).
+BOTTLENECK_METHODS = ("houlsby", "pfeiffer", "parallel")
+
+
 def run_command(task: str, method: str, seed: int, epochs: int, out: Path,
-                train_examples: int | None, learning_rate: float | None = None) -> list[str]:
+                train_examples: int | None, learning_rate: float | None = None,
+                bottleneck_size: int | None = None) -> list[str]:
     overrides = {} if learning_rate is None else {"learning_rate": learning_rate}
+    if bottleneck_size is not None:
+        overrides["bottleneck_size"] = bottleneck_size
     args = common.training_args(method, task, **overrides)
     command = [sys.executable, str(common.REPO / "run_tf_adapter_bert.py"),
                f"--casing={args.casing}", f"--task={task}", f"--method={method}",
@@ -73,6 +80,7 @@ def collect(task: str, method: str, runs: list[dict]) -> dict:
             "trainable_fraction": round(runs[0]["trainable_params"] / runs[0]["total_params"], 5),
             # The settings a check may change from the preset (bench/report.py's checks table).
             "learning_rate": runs[0]["args"].get("learning_rate"), "epochs": runs[0]["args"].get("epochs"),
+            "bottleneck_size": runs[0]["args"].get("bottleneck_size"),
             "train_examples": runs[0]["args"].get("max_train_examples"),
             "runs": [{"seed": r["args"]["seed"], "final": r["final"]["dev"], "best": r["best"],
                       "train_examples_per_second": round(r["train_examples_per_second"], 1),
@@ -88,6 +96,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sst2_train_examples", type=int, default=2000)
     parser.add_argument("--learning_rate", type=float, default=None,
                         help="one rate for every method instead of the presets' (for checks)")
+    parser.add_argument("--bottleneck_size", type=int, default=None,
+                        help="the bottleneck width of houlsby, pfeiffer and parallel (for checks)")
     parser.add_argument("--out", type=Path, default=common.DEFAULT_OUT)
     parser.add_argument("--collect_only", action="store_true",
                         help="train nothing: summarise the runs that have finished")
@@ -100,6 +110,13 @@ def main(argv=None) -> int:
     unknown = sorted(set(tasks) - set(TASK_DIRS)) + sorted(set(methods) - set(common.METHODS))
     if unknown:
         parser.error(f"unknown task or method: {', '.join(unknown)}")
+    if args.bottleneck_size is not None:
+        if args.bottleneck_size <= 0:
+            parser.error(f"--bottleneck_size must be positive, got {args.bottleneck_size}")
+        other = [m for m in methods if m not in BOTTLENECK_METHODS]
+        if other:
+            parser.error(f"--bottleneck_size applies to {', '.join(BOTTLENECK_METHODS)} only, "
+                         f"not {', '.join(other)}")
 
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     report = {"benchmark": "accuracy", "machine": common.machine(), "epochs": args.epochs,
@@ -119,7 +136,7 @@ def main(argv=None) -> int:
                         continue
                     examples = args.sst2_train_examples if task == "sst2" else None
                     command = run_command(task, method, seed, args.epochs, run_dir, examples,
-                                          args.learning_rate)
+                                          args.learning_rate, args.bottleneck_size)
                     print(f"[{time.strftime('%H:%M:%S')}] {task} {method} seed {seed}: "
                           + " ".join(command[1:]), file=sys.stderr, flush=True)
                     subprocess.run(command + ["--overwrite"], check=True, env=env)

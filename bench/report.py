@@ -240,14 +240,15 @@ def checks_section(res: dict) -> list[str]:
         for task, methods in tasks.items():
             for method, s in methods.items():
                 preset = res["accuracy"].get(task, {}).get(method)
-                rows.append([name, task, method, f"{s['learning_rate']:g}", s["epochs"],
+                rows.append([name, task, method, f"{s['learning_rate']:g}", s.get("bottleneck_size") or "-",
+                             s["epochs"],
                              f"{s['train_examples']:,}" if s["train_examples"] else "all",
                              _summary_cell(s["final"]), _summary_cell(s["best_epoch"]), s["final"]["n"],
                              f"{_summary_cell(preset['final'])} ({preset['final']['n']})" if preset else "-"])
     if not rows:
         return []
     return ["### Accuracy checks (one setting changed from the preset)", "",
-            _table(["check", "task", "method", "learning rate", "epochs", "train examples", "final",
+            _table(["check", "task", "method", "learning rate", "bottleneck", "epochs", "train examples", "final",
                     "best epoch", "seeds", "preset's final (seeds)"], rows), ""]
 
 
@@ -357,8 +358,11 @@ def profile_section(profile: dict) -> list[str]:
             ["op time, all ops"] + [f"{c['op_ms_per_step']:.0f}" for c in columns.values()]]
     rows += [[category] + [cell(c, c["categories_ms_per_step"][category]) for c in columns.values()]
              for category in categories]
+    threads = profile.get("inter_op_threads")
+    ops_at_once = {1: "; ops one at a time", 0: "; TensorFlow's default inter-op threads"}.get(
+        threads, f"; {threads} inter-op threads" if threads else "")
     return [f"### Where a training step's time goes ({profile['padding']}, {profile['steps']} "
-            f"MRPC batches; ms per step, share of op time)", "", _machine_line(profile), "",
+            f"MRPC batches{ops_at_once}; ms per step, share of op time)", "", _machine_line(profile), "",
             _table(["", *columns], rows), ""]
 
 

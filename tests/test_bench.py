@@ -25,9 +25,13 @@ import report  # noqa: E402
     ("accuracy", ["--tasks", "cola"], "unknown task or method: cola"),
     ("matmul_peak", ["--tokens", "0"], "--tokens and --repeats must be positive"),
     ("accuracy", ["--learning_rate", "0"], "--learning_rate must be positive, got 0.0"),
+    ("accuracy", ["--bottleneck_size", "0"], "--bottleneck_size must be positive, got 0"),
+    ("accuracy", ["--methods", "houlsby,lora", "--bottleneck_size", "64"],
+     "--bottleneck_size applies to houlsby, pfeiffer, parallel only, not lora"),
     ("profile_step", ["--methods", "houlsby,nope"], "unknown method: nope"),
     ("profile_step", ["--steps", "0"], "--steps must be at least 1"),
     ("profile_step", ["--peers", "torch_lora"], "unknown peer: torch_lora"),
+    ("profile_step", ["--inter_op_threads", "-1"], "--inter_op_threads must be 0 or more"),
 ])
 def test_bad_choices_exit_with_usage_error(script, argv, message, capsys):
     module = __import__(script)
@@ -156,10 +160,12 @@ def test_report_lists_checks_beside_the_preset(tmp_path):
     res = report.load_results(tmp_path)
     assert list(res["accuracy"]["mrpc"]) == ["lora"]  # the checks stay out of the main grid
     # final 86 and 88 -> 87.0 ± 1.4, beside the preset's 82 and 84 -> 83.0 ± 1.4
-    assert ("| lora_lr1e-3 | mrpc | lora | 0.001 | 2 | all | 87.0 ± 1.4 | 87.0 ± 1.4 | 2 | 83.0 ± 1.4 (2) |"
+    assert ("| lora_lr1e-3 | mrpc | lora | 0.001 | - | 2 | all | 87.0 ± 1.4 | 87.0 ± 1.4 | 2 | 83.0 ± 1.4 (2) |"
             in report.render_tables(res))
     accuracy_main = accuracy.run_command("mrpc", "lora", 0, 3, Path("/tmp/x"), None, learning_rate=1e-3)
     assert "--learning_rate=0.001" in accuracy_main
+    wide = accuracy.run_command("sst2", "houlsby", 0, 3, Path("/tmp/x"), 2000, bottleneck_size=256)
+    assert "--bottleneck_size=256" in wide and "--bottleneck_size=32" not in wide
 
 
 def test_report_refuses_a_page_without_markers(tmp_path):
@@ -297,11 +303,12 @@ def test_profile_summary_and_report_table():
     assert summary["categories_ms_per_step"]["GELU"] == 5.0
     assert sum(summary["categories_ms_per_step"].values()) == 40.0
     peer = dict(summary, categories_ms_per_step=dict(summary["categories_ms_per_step"], GELU=1.0))
-    profile = {"padding": "bucketed", "steps": 2, "machine": {"cpu": "X", "cores": 2, "python": "3.11"},
+    profile = {"padding": "bucketed", "steps": 2, "inter_op_threads": 1,
+               "machine": {"cpu": "X", "cores": 2, "python": "3.11"},
                "methods": {"houlsby": summary}, "peers": {"adapters_houlsby": peer}}
     table = "\n".join(report.profile_section(profile))
     assert "| GELU | 5 (12%) | 1 (2%) |" in table
-    assert "adapters lib (PyTorch)" in table
+    assert "adapters lib (PyTorch)" in table and "ops one at a time" in table
 
 
 @pytest.mark.slow
