@@ -108,3 +108,29 @@ def test_token_index_gather_and_scatter_match_gather_nd_and_scatter_nd_with_grad
     y_ref, (dt_ref,) = value_and_grads(scatter_ref, tokens)
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(dt, dt_ref)
+
+
+def test_other_keras_backends_get_keras_own_layers(monkeypatch):
+    """`tf.custom_gradient` and TokenIndex are TensorFlow-only: elsewhere the Keras code runs."""
+    from adapter_bert.testing import random_inputs, tiny_encoder
+
+    encoder = tiny_encoder()
+    inputs = random_inputs(batch=3, seq=10)
+    padding = inputs["attention_mask"] == 0
+    assert padding.any()
+    skipped = encoder(inputs)["sequence_output"].numpy()
+    assert not skipped[padding].any()  # TokenIndex leaves zeros at padding
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    norm = LayerNorm()
+    assert not norm._fast_path(np.zeros((2, 4), "float32"))
+    from adapter_bert.bert import fast_ops
+
+    def no_custom_gradient(x):
+        raise AssertionError("the tf.custom_gradient GELU ran on another backend")
+
+    monkeypatch.setattr(fast_ops, "_gelu", no_custom_gradient)
+    x = np.linspace(-3, 3, 12, dtype="float32")
+    np.testing.assert_allclose(gelu(x), keras.activations.gelu(x, approximate=False), atol=1e-6)
+    dense = encoder(inputs)["sequence_output"].numpy()
+    assert dense[padding].any()  # every position computed: no TokenIndex
+    np.testing.assert_allclose(dense[~padding], skipped[~padding], atol=1e-5)

@@ -1,4 +1,7 @@
-"""The frozen BERT base as Keras 3 layers (`keras.layers` / `keras.ops` only).
+"""The frozen BERT base as Keras 3 layers (`keras.layers` / `keras.ops`).
+
+Two speed-ups are TensorFlow-only and switch themselves off on other Keras backends: skipping
+padding (`TokenIndex`) and the hand-written LayerNorm / GELU gradients (`fast_ops`).
 
 The math follows Hugging Face's `BertModel` (post-LayerNorm, exact-erf GELU) so that a checkpoint
 loads to the same outputs. Every sublayer an adapter method needs is a named attribute, and three
@@ -24,7 +27,7 @@ import keras
 from keras import ops
 
 from adapter_bert.bert.config import BertConfig
-from adapter_bert.bert.fast_ops import LayerNorm, gelu
+from adapter_bert.bert.fast_ops import LayerNorm, gelu, tensorflow_backend
 
 # Additive mask value for padded keys. -10000 is what Google's BERT uses; it is representable in
 # float16 and bfloat16, and exp(-10000) underflows to exactly 0 in every float type.
@@ -476,7 +479,7 @@ class BertEncoder(keras.layers.Layer):
                              f"max_position_embeddings ({max_len})")
         hidden, mask = self.embeddings(input_ids, token_type_ids, mask, training=training)
         mask_bias = padding_mask_bias(mask, hidden.dtype)
-        tokens = TokenIndex(mask) if self.skip_padding else None
+        tokens = TokenIndex(mask) if self.skip_padding and tensorflow_backend() else None
         if tokens is not None:
             hidden = tokens.gather(hidden)
         for layer in self.layers:

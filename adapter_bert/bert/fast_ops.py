@@ -7,7 +7,9 @@ GELU at about a sixth of all op time, where PyTorch runs one fused kernel each w
 gradients by hand, from the saved normalised input and the saved Gaussian CDF, drops most of the
 autodiff passes; the functions are the same to float rounding (`tests/test_fast_ops.py`).
 
-Both are TensorFlow-only, like the rest of the training path (DESIGN.md: the TensorFlow backend).
+The hand-written gradients use `tf.custom_gradient`, so they run on the TensorFlow backend only;
+on any other Keras backend `gelu` and `LayerNorm` are Keras' own, so the layers stay portable
+(DESIGN.md: model code in `keras.layers` / `keras.ops`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ import tensorflow as tf
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def tensorflow_backend() -> bool:
+    """Whether Keras runs on TensorFlow, where the hand-written gradients apply."""
+    return keras.backend.backend() == "tensorflow"
 
 
 @tf.custom_gradient
@@ -43,6 +50,8 @@ def gelu(x):
     >>> [round(float(v), 4) for v in gelu(np.array([-1.0, 0.0, 2.0], "float32"))]
     [-0.1587, 0.0, 1.9545]
     """
+    if not tensorflow_backend():
+        return keras.activations.gelu(x, approximate=False)
     with tf.name_scope("gelu"):  # names the ops for profiles (bench/profile_step.py)
         return _gelu(tf.convert_to_tensor(x))
 
@@ -92,7 +101,7 @@ class LayerNorm(keras.layers.LayerNormalization):
 
     Same weights (`gamma`, `beta`), config and outputs as the Keras layer, so checkpoints and
     saved configs are interchangeable. Any other setting (several axes, RMS scaling, no centring
-    or scaling) falls back to the Keras implementation.
+    or scaling) or another Keras backend falls back to the Keras implementation.
 
     Example:
     >>> import numpy as np
@@ -106,7 +115,7 @@ class LayerNorm(keras.layers.LayerNormalization):
     def _fast_path(self, inputs) -> bool:
         axis = self.axis if isinstance(self.axis, (list, tuple)) else [self.axis]
         last = len(inputs.shape) - 1
-        return (self.center and self.scale and not self.rms_scaling
+        return (tensorflow_backend() and self.center and self.scale and not self.rms_scaling
                 and [a % (last + 1) for a in axis] == [last])
 
     def call(self, inputs):
