@@ -348,8 +348,13 @@ def targets_section(res: dict) -> list[str]:
 
 def profile_section(profile: dict) -> list[str]:
     """Op time per training step by category, ours beside the peers', from profile_step.json."""
-    columns = {**profile["methods"], **{PLOT_NAMES.get(k, k): v for k, v in profile["peers"].items()}}
-    categories = list(next(iter(columns.values()))["categories_ms_per_step"])
+    from profile_step import CATEGORIES
+
+    ours = {m: profile["methods"][m] for m in sorted(profile["methods"], key=_order)}
+    columns = {**ours, **{PLOT_NAMES.get(k, k): v for k, v in profile["peers"].items()}}
+    recorded = next(iter(columns.values()))["categories_ms_per_step"]
+    # The JSON is written with sorted keys; the table keeps profile_step's order.
+    categories = [c for c in CATEGORIES if c in recorded] + sorted(set(recorded) - set(CATEGORIES))
 
     def cell(figures: dict, ms: float) -> str:
         return f"{ms:.0f} ({100 * ms / figures['op_ms_per_step']:.0f}%)"

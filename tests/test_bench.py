@@ -308,6 +308,8 @@ def test_profile_summary_and_report_table():
                "methods": {"houlsby": summary}, "peers": {"adapters_houlsby": peer}}
     table = "\n".join(report.profile_section(profile))
     assert "| GELU | 5 (12%) | 1 (2%) |" in table
+    rows = [line.split(" | ")[0].lstrip("| ") for line in table.splitlines() if line.startswith("| ")]
+    assert rows[3:5] == ["matmul (dense layers)", "matmul (attention)"]  # profile_step's order
     assert "adapters lib (PyTorch)" in table and "ops one at a time" in table
 
 
