@@ -22,4 +22,5 @@ python bench/accuracy.py --tasks mrpc --methods lora --learning_rate 1e-3 --out 
 python bench/accuracy.py --tasks sst2 --methods houlsby,full --seeds 0 --sst2_train_examples 8000 \
     --out "$OUT/checks/sst2_8000"
 python bench/accuracy.py --tasks sst2 --methods houlsby --learning_rate 2e-3 --out "$OUT/checks/sst2_houlsby_lr2e-3"
+python bench/accuracy.py --tasks sst2 --methods houlsby --bottleneck_size 256 --out "$OUT/checks/sst2_houlsby_b256"
 python bench/report.py --results "$OUT" --docs docs
