@@ -11,8 +11,9 @@ Each (task, method, seed) is one run of the training command, in a child process
         --seed S --data_dir ../shared/data/glue/<T> --nopredict_test --noexport
 
 The learning rates are those of `flags/methods/`; `--learning_rate` replaces them for every method
-run, and `--bottleneck_size` the bottleneck methods' width, for checks kept apart from the main grid (`--out /tmp/adapter_bert_bench/checks/<name>`, which
-`bench/report.py` lists beside the presets' figures). SST-2 trains on a fixed random subset of
+run, and `--bottleneck_size` the bottleneck methods' width, for checks kept apart from the main
+grid (`--out /tmp/adapter_bert_bench/checks/<name>`, which `bench/report.py` lists beside the
+presets' figures). SST-2 trains on a fixed random subset of
 `--sst2_train_examples` sentences (the same subset for every seed and method; full dev set),
 because its 67k sentences take about an hour an epoch on 2 cores. A run whose `results.json`
 already exists is not repeated, so an interrupted benchmark resumes where it stopped;

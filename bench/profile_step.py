@@ -129,8 +129,21 @@ def profile_peer(system: str, task: str, batches_npz: Path, padding: str, out: P
                "--paddings", padding, "--threads", "2", "--json_out", str(json_out)]
     subprocess.run(command, check=True, env=peers.worker_env(out, 2))
     record = json.loads(json_out.read_text())
-    return {**record["profile"], "versions": record["versions"],
-            "trainable_params": record["params"]["trainable"]}
+    figures = record["profile"]
+    figures["categories_ms_per_step"] = in_category_order(figures["categories_ms_per_step"])
+    return {**figures, "versions": record["versions"], "trainable_params": record["params"]["trainable"]}
+
+
+def in_category_order(ms_per_step: dict) -> dict:
+    """A peer's {category: ms} in CATEGORIES' order, 0 for a category it never saw.
+
+    The worker names categories itself (it cannot import this module's stack); a name outside
+    CATEGORIES means the two lists drifted apart, which must not pass silently.
+    """
+    unknown = sorted(set(ms_per_step) - set(CATEGORIES))
+    if unknown:
+        raise ValueError(f"the peer reported categories profile_step does not know: {unknown}")
+    return {category: ms_per_step.get(category, 0.0) for category in CATEGORIES}
 
 
 def print_table(rows: dict) -> None:
@@ -159,7 +172,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=common.DEFAULT_OUT)
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
-    peers = [p for p in args.peers.split(",") if p]
+    peer_systems = [p for p in args.peers.split(",") if p]
     unknown = sorted(set(methods) - set(common.METHODS))
     if unknown:
         parser.error(f"unknown method: {', '.join(unknown)}")
@@ -167,12 +180,12 @@ def main(argv=None) -> int:
         parser.error("--steps must be at least 1")
     if args.inter_op_threads < 0:
         parser.error("--inter_op_threads must be 0 or more")
-    if peers:
-        import peers as peers_module
+    if peer_systems:
+        import peers
 
-        bad = sorted(set(peers) - set(peers_module.SYSTEMS))
+        bad = sorted(set(peer_systems) - set(peers.SYSTEMS))
         if bad:
-            parser.error(f"unknown peer: {', '.join(bad)}; choose from {', '.join(peers_module.SYSTEMS)}")
+            parser.error(f"unknown peer: {', '.join(bad)}; choose from {', '.join(peers.SYSTEMS)}")
 
     import tensorflow as tf
 
@@ -185,10 +198,10 @@ def main(argv=None) -> int:
                                          args.out / "profile" / f"tf_{method}_{args.padding}")
         print(f"{method}: {results[method]['examples_per_second']} examples/s", file=sys.stderr)
     peer_results = {}
-    if peers:
+    if peer_systems:
         npz = args.out / "profile" / "batches.npz"
         train_throughput.save_batches(npz, batches)
-        for system in peers:
+        for system in peer_systems:
             peer_results[system] = profile_peer(system, args.task, npz, args.padding, args.out)
     report = {"benchmark": "profile_step", "machine": common.machine(), "task": args.task,
               "padding": args.padding, "steps": args.steps, "batch_size": 32,

@@ -313,6 +313,16 @@ def test_profile_summary_and_report_table():
     assert "adapters lib (PyTorch)" in table and "ops one at a time" in table
 
 
+def test_a_peers_categories_take_profile_steps_order_and_unknown_ones_are_refused():
+    import profile_step
+
+    ordered = profile_step.in_category_order({"other": 3.0, "GELU": 1.0, "matmul (dense layers)": 9.0})
+    assert list(ordered) == list(profile_step.CATEGORIES)
+    assert ordered["GELU"] == 1.0 and ordered["LayerNorm"] == 0.0
+    with pytest.raises(ValueError, match="does not know: \\['fused attention'\\]"):
+        profile_step.in_category_order({"fused attention": 2.0})
+
+
 @pytest.mark.slow
 def test_profile_attributes_a_real_houlsby_step(tmp_path):
     """One bucketed MRPC batch of the packaged MiniLM under the TF profiler: every part is found."""
