@@ -28,8 +28,8 @@ flags.DEFINE_integer("bottleneck_size", None, "Houlsby adapter width (shorthand 
 flags.DEFINE_string("non_linearity", None, "Adapter activation: gelu, relu, swish, tanh, ...")
 flags.DEFINE_string("adapter_config", None,
                     "Any adapter config string, e.g. 'double_seq_bn[reduction_factor=24]' or 'lora[r=8]'.")
-flags.DEFINE_enum("method", None, ["houlsby", "pfeiffer", "parallel", "lora", "ia3", "prefix",
-                                   "bitfit", "full"], "Method preset.")
+flags.DEFINE_string("method", None, "Method preset registered by a method module: houlsby, "
+                    "pfeiffer, parallel, lora, ia3, prefix, bitfit, full, ...")
 flags.DEFINE_enum("pooling", "cls", ["cls", "mean"], "Head pooling: BERT's pooler or masked mean.")
 flags.DEFINE_integer("batch_size", 32, "Global training batch size.")
 flags.DEFINE_integer("eval_batch_size", None, "Evaluation batch size (default 2 x batch_size).")

@@ -1,8 +1,13 @@
 """Adapter configurations: the `AdapterConfig` base, `ConfigUnion`, and the config-string grammar.
 
-Identifiers, field names and the grammar follow the adapters library (seed `002`): a config is a
-string `name[key=value, ...]` (unions joined with `|`), a config object, a dict with an
-`"architecture"` key, or the path of a JSON file holding such a dict.
+Identifiers, field names and the grammar follow the adapters library: a config is a string
+`name[key=value, ...]` (unions joined with `|`), a config object, a dict with an `"architecture"`
+key, or the path of a JSON file holding such a dict.
+
+This module knows no method. Each method module registers its identifiers and config classes
+(through `adapter_bert.methods.registry.register_method`) into `CONFIG_TABLE`, which the grammar
+and `from_dict` read; a config says itself where it acts (`location_flags`), so unions are
+validated without knowing which methods exist.
 
 Values inside `[...]` are Python literals read with `ast.literal_eval`, so a config string can never
 run code: `seq_bn[reduction_factor=dict(default=1)]` is a ValueError, not a call.
@@ -40,6 +45,18 @@ class AdapterConfig:
     #: implement, with the library's default values. Configs saved by the library always hold
     #: them, so they are accepted (and dropped) at their default and refused otherwise.
     library_only: ClassVar[dict[str, Any]] = {}
+    #: Boolean fields that each switch the config on at one location of every layer (bottleneck
+    #: adapters: `mh_adapter`, `output_adapter`). Empty: the config acts as one whole, so two of
+    #: its architecture never share a union once the model is known.
+    location_flags: ClassVar[tuple[str, ...]] = ()
+    #: Whether two configs of this architecture at complementary locations combine in a union
+    #: before the model is known (the adapters library allows it for bottleneck adapters only).
+    combines_at_other_locations: ClassVar[bool] = False
+    #: What errors about two configs of this architecture in one union call them.
+    union_label: ClassVar[str | None] = None
+    #: Fields whose values tell apart the identifiers that share this class (prefix tuning's
+    #: `flat`: `prefix_tuning` or `prefix_tuning_flat`), for `CONFIG_TABLE.identifier_of`.
+    variant_fields: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "_frozen", True)
@@ -71,6 +88,15 @@ class AdapterConfig:
 
     def get(self, key, default=None):
         return getattr(self, key, default)
+
+    def hook_locations(self) -> tuple[str, ...]:
+        """The `location_flags` that are on: where in each layer this config acts."""
+        return tuple(flag for flag in self.location_flags if getattr(self, flag))
+
+    def layers(self, num_layers: int) -> list[int]:
+        """The layers of a `num_layers`-layer base this config acts on (all but `leave_out`)."""
+        leave_out = set(self.get("leave_out") or ())
+        return [i for i in range(num_layers) if i not in leave_out]
 
     def replace(self, **changes) -> "AdapterConfig":
         """A copy with some fields changed.
@@ -108,12 +134,10 @@ class AdapterConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "AdapterConfig":
         """Rebuilds a config written by `to_dict` (the config class is found from the dict)."""
-        from adapter_bert.methods.registry import config_class_for
-
         values = dict(values)
         if values.get("architecture") == "union":
             return ConfigUnion.from_dict(values)
-        target = cls if cls not in (AdapterConfig,) else config_class_for(values)
+        target = cls if cls is not AdapterConfig else CONFIG_TABLE.class_for(values)
         values.pop("architecture", None)
         values.pop("config_class", None)
         values = target._without_library_only(values)
@@ -201,40 +225,39 @@ class ConfigUnion(AdapterConfig):
         """Raises ValueError when two configs would act on the same place.
 
         On its own (no `num_layers`) a union is checked as the adapters library's
-        `ConfigUnion.validate` does: configs of different methods always combine; two of one method
-        combine when either has a `leave_out` (which layers remain is known only with the model),
-        or when they are bottleneck adapters at complementary locations (one only after attention,
-        the other only after the feed-forward sublayer).
+        `ConfigUnion.validate` does: configs of different architectures always combine; two of one
+        architecture combine when either has a `leave_out` (which layers remain is known only with
+        the model), or when their class `combines_at_other_locations` and they act at disjoint
+        `location_flags` (bottleneck adapters: one only after attention, the other only after the
+        feed-forward sublayer).
 
         With the model's `num_layers` (`AdapterBertModel.add_adapter`), the union is then checked
-        as the library does when it builds the adapter: two bottleneck adapters, or two LoRA /
-        (IA)^3 configs, conflict when both act at one location of one layer; two configs of any
-        other method conflict wherever they are (the library builds one prefix pool per adapter).
+        as the library does when it builds the adapter: two configs with `location_flags` conflict
+        when both act at one location of one layer; two of an architecture without them conflict
+        wherever they are (the library builds one prefix pool per adapter).
         """
         pairs = [(a, b) for i, a in enumerate(configs) for b in configs[i + 1:]
                  if a.architecture == b.architecture]
         for a, b in pairs:
             if a.get("leave_out") or b.get("leave_out"):
                 continue
-            if a.architecture == "bottleneck":
-                if a.mh_adapter != b.mh_adapter and a.output_adapter != b.output_adapter:
+            if a.combines_at_other_locations:
+                if all(getattr(a, flag) != getattr(b, flag) for flag in a.location_flags):
                     continue
-                raise ValueError("two bottleneck adapters of a union sit at the same location "
-                                 "(mh_adapter / output_adapter) in every layer")
+                raise ValueError(f"two {a.union_label or a.architecture} of a union sit at the "
+                                 f"same location ({' / '.join(a.location_flags)}) in every layer")
             raise ValueError(f"a union cannot hold two {a.architecture} configs")
         if num_layers is None:
             return
         for a, b in pairs:
-            if a.architecture not in _LOCATIONS:
+            if not a.location_flags:
                 raise ValueError(f"a union cannot hold two {a.architecture} configs")
-            what, locations = _LOCATIONS[a.architecture]
-            for layer in range(num_layers):
-                if layer in a.leave_out or layer in b.leave_out:
-                    continue
-                shared = [key for key in locations if getattr(a, key) and getattr(b, key)]
+            both = set(a.layers(num_layers)) & set(b.layers(num_layers))
+            for layer in sorted(both):
+                shared = [key for key in a.hook_locations() if key in b.hook_locations()]
                 if shared:
-                    raise ValueError(f"two {what} of a union sit at the same location in layer "
-                                     f"{layer} ({shared[0]})")
+                    raise ValueError(f"two {a.union_label or a.architecture} of a union sit at "
+                                     f"the same location in layer {layer} ({shared[0]})")
 
     def __iter__(self):
         return iter(self.configs)
@@ -274,18 +297,122 @@ class ConfigUnion(AdapterConfig):
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ConfigUnion":
-        from adapter_bert.methods.registry import union_class_for
-
-        target = union_class_for(values) if cls is ConfigUnion else cls
+        target = CONFIG_TABLE.union_class_for(values) if cls is ConfigUnion else cls
         return target(*(AdapterConfig.from_dict(c) for c in values["configs"]))
 
 
-# The methods that may appear twice in a union when at different places, the places being the
-# adapters library's location keys: what errors call them, and the config flags of each place.
-_LOCATIONS = {
-    "bottleneck": ("bottleneck adapters", ("mh_adapter", "output_adapter")),
-    "lora": ("LoRA / (IA)^3 configs", ("selfattn_lora", "intermediate_lora", "output_lora")),
-}
+# --- the table the method modules fill -----------------------------------------------------------
+
+class ConfigTable:
+    """Config identifiers and classes, filled by the method modules' registrations.
+
+    `adapter_bert.methods.registry.register_method` adds to it; the grammar (`AdapterConfig.load`)
+    and `AdapterConfig.from_dict` read it. Identifiers map to default configs (`"seq_bn"` ->
+    `SeqBnConfig()`); class names map to classes, so a saved `config_class` reloads as itself; and
+    per architecture, `selects` predicates pick the class of a dict that names none (the adapters
+    library saves configs without their class).
+
+    Example:
+    >>> CONFIG_TABLE.default("scaled_par_bn").scaling
+    'learned'
+    >>> CONFIG_TABLE.class_for({"architecture": "lora", "composition_mode": "scale"}).__name__
+    'IA3Config'
+    """
+
+    def __init__(self):
+        self.identifiers: dict[str, AdapterConfig] = {}
+        self.classes: dict[str, type] = {"ConfigUnion": ConfigUnion}
+        self._by_architecture: dict[str, list] = {}
+        self.reserved: dict[str, str] = {}
+
+    def add(self, identifiers: dict[str, AdapterConfig], classes=(), default_class=None,
+            selects=None) -> None:
+        """Registers identifiers, config classes and the class a bare dict of its architecture is.
+
+        Raises:
+            ValueError: an identifier or class name that another registration holds already.
+        """
+        for identifier in identifiers:
+            if identifier in self.identifiers:
+                raise ValueError(f"adapter config identifier {identifier!r} is registered already")
+        for cls in classes:
+            if self.classes.get(cls.__name__, cls) is not cls:
+                raise ValueError(f"another config class named {cls.__name__} is registered already")
+        self.identifiers.update(identifiers)
+        for identifier in identifiers:
+            self.reserved.pop(identifier, None)
+        self.classes.update({cls.__name__: cls for cls in classes})
+        if default_class is not None and not issubclass(default_class, ConfigUnion):
+            self._by_architecture.setdefault(default_class.architecture, []).append(
+                (default_class, selects))
+
+    def reserve(self, identifier: str, why: str) -> None:
+        """Names an identifier of the adapters library's table that has no method here yet."""
+        if identifier not in self.identifiers:
+            self.reserved[identifier] = why
+
+    def default(self, identifier: str) -> AdapterConfig:
+        """The default config of an identifier; unknown names list the known ones."""
+        if identifier in self.reserved:
+            raise ValueError(f"adapter method {identifier!r} {self.reserved[identifier]}")
+        if identifier not in self.identifiers:
+            raise ValueError(f"unknown adapter config {identifier!r}; known: "
+                             + ", ".join(sorted(self.identifiers)))
+        return self.identifiers[identifier]
+
+    def class_for(self, values: dict) -> type:
+        """The config class a `to_dict()` dict came from (`config_class`, else its architecture)."""
+        name = values.get("config_class")
+        if name is not None:
+            cls = self.classes.get(name)
+            if cls is None or issubclass(cls, ConfigUnion):
+                raise ValueError(f"unknown adapter config class {name!r}")
+            return cls
+        # The adapters library reads a dict without "architecture" as a bottleneck config.
+        architecture = values.get("architecture") or "bottleneck"
+        candidates = self._by_architecture.get(architecture)
+        if not candidates:
+            raise ValueError(f"unknown adapter architecture {architecture!r}; known: "
+                             + ", ".join(sorted(self._by_architecture)))
+        for cls, selects in candidates:
+            if selects is None or selects(values):
+                return cls
+        raise ValueError(f"no {architecture} config class takes {values!r}")
+
+    def union_class_for(self, values: dict) -> type:
+        """The union class a union's `config_dict()` came from; a plain `ConfigUnion` without a name."""
+        name = values.get("config_class") or "ConfigUnion"
+        unions = sorted(n for n, c in self.classes.items() if issubclass(c, ConfigUnion))
+        if name not in unions:
+            raise ValueError(f"unknown adapter config union class {name!r}; known: "
+                             + ", ".join(unions))
+        return self.classes[name]
+
+    def identifier_of(self, config: AdapterConfig) -> str:
+        """The identifier a config is a variant of (`"double_seq_bn"`, `"mam"`, `"a|b"` for unions)."""
+        for identifier, default in self.identifiers.items():
+            # A union equal to a named union's members is that union, whatever class it was
+            # loaded as (the adapters library saves unions without their class).
+            if config == default and (type(config) is type(default)
+                                      or isinstance(config, ConfigUnion)):
+                return identifier
+        named = [i for i, d in self.identifiers.items()
+                 if isinstance(d, ConfigUnion) and type(d) is type(config)]
+        if named:
+            return named[0]
+        if isinstance(config, ConfigUnion):
+            return "|".join(self.identifier_of(c) for c in config)
+        same_class = [(i, d) for i, d in self.identifiers.items() if type(d) is type(config)]
+        for identifier, default in same_class:
+            if all(getattr(config, f) == getattr(default, f) for f in config.variant_fields):
+                return identifier
+        if same_class:
+            return same_class[0][0]
+        return config.architecture
+
+
+#: The one table of config identifiers and classes (see `ConfigTable`).
+CONFIG_TABLE = ConfigTable()
 
 
 # --- the config-string grammar -------------------------------------------------------------------
@@ -295,8 +422,16 @@ _KEY = re.compile(r"^\s*([A-Za-z_]\w*)\s*=(.*)$", re.DOTALL)
 _OPEN, _CLOSE = "([{", ")]}"
 
 
-def _split_top_level(text: str, separator: str) -> list[str]:
-    """Splits on `separator` outside brackets and quotes; unbalanced brackets are a ValueError."""
+def split_top_level(text: str, separator: str, what: str = "config string") -> list[str]:
+    """Splits on `separator` outside brackets and quotes; unbalanced brackets are a ValueError.
+
+    Shared by the config grammar and the setup grammar (`adapter_bert.composition`); `what`
+    names the text in errors.
+
+    Example:
+    >>> split_top_level("a[x=[1, 2]], b", ",")
+    ['a[x=[1, 2]]', ' b']
+    """
     parts, depth, quote, start = [], 0, None, 0
     for i, char in enumerate(text):
         if quote:
@@ -309,31 +444,25 @@ def _split_top_level(text: str, separator: str) -> list[str]:
         elif char in _CLOSE:
             depth -= 1
             if depth < 0:
-                raise ValueError(f"unbalanced {char!r} in config string {text!r}")
+                raise ValueError(f"unbalanced {char!r} in {what} {text!r}")
         elif char == separator and depth == 0:
             parts.append(text[start:i])
             start = i + 1
     if depth or quote:
-        raise ValueError(f"unbalanced brackets or quotes in config string {text!r}")
+        raise ValueError(f"unbalanced brackets or quotes in {what} {text!r}")
     parts.append(text[start:])
     return parts
 
 
 def _parse_single(text: str) -> AdapterConfig:
-    from adapter_bert.methods.registry import ADAPTER_CONFIG_MAP, NOT_YET_IMPLEMENTED
-
     match = _SINGLE.match(text)
     if not match:
         raise ValueError(f"cannot parse adapter config {text.strip()!r}; expected name[key=value, ...]")
     identifier, body = match.group(1), match.group(2)
-    if identifier in NOT_YET_IMPLEMENTED:
-        raise ValueError(f"adapter method {identifier!r} is not implemented in adapter_bert yet")
-    if identifier not in ADAPTER_CONFIG_MAP:
-        raise ValueError(f"unknown adapter config {identifier!r}; known: "
-                         + ", ".join(sorted(ADAPTER_CONFIG_MAP)))
+    default = CONFIG_TABLE.default(identifier)
     kwargs = {}
     if body is not None and body.strip():
-        for item in _split_top_level(body, ","):
+        for item in split_top_level(body, ","):
             key_value = _KEY.match(item)
             if not key_value:
                 raise ValueError(f"expected key=value in {identifier}[...], got {item.strip()!r}")
@@ -343,14 +472,14 @@ def _parse_single(text: str) -> AdapterConfig:
             except (ValueError, SyntaxError):
                 raise ValueError(f"value of {key!r} in {identifier}[...] is not a Python literal: "
                                  f"{raw!r}") from None
-    return ADAPTER_CONFIG_MAP[identifier].replace(**kwargs)
+    return default.replace(**kwargs)
 
 
 def parse_config_string(text: str) -> AdapterConfig:
     """Parses `name[key=value, ...]` and unions `a|b|c` into config objects."""
     if not text.strip():
         raise ValueError("empty adapter config string")
-    configs = [_parse_single(part) for part in _split_top_level(text, "|")]
+    configs = [_parse_single(part) for part in split_top_level(text, "|")]
     if len(configs) == 1:
         return configs[0]
     flat = []

@@ -1,14 +1,16 @@
 """`AdapterBertModel`: one frozen BERT, many named adapters and heads, and the adapter API.
 
 The base (`model.bert`, a `BertEncoder`) is shared by every task. Each adapter is an
-`AdapterModule` (its config and method layers); each head is a `ClassificationHead`. Activating an
-adapter attaches its hooks to the base, so `model.bert(inputs)` and `model(inputs)` run with it;
-deactivating detaches them and the base computes exactly what it did before. The exception is a
-merged LoRA / (IA)^3 adapter (`merge_adapter`): it lives in the base weights, whatever is active,
-until `reset_adapter`.
+`AdapterModule` (its config and method layers), whose hooks are registered at the encoder's hook
+points when it is added; each head is a `ClassificationHead`. What runs is the *active setup*
+(`set_active_adapters`): an adapter name, or a composition block of several
+(`adapter_bert.composition`: `Stack`, `Parallel`, `BatchSplit`, `Average`, `Split`), which the
+encoder walks at every hook point. With no setup the base computes exactly what it did before any
+adapter was added. The exception is a merged LoRA / (IA)^3 adapter (`merge_adapter`): it lives in
+the base weights, whatever is active, until `reset_adapter`.
 
 Example:
->>> from adapter_bert import AdapterBertModel
+>>> from adapter_bert import AdapterBertModel, Stack
 >>> from adapter_bert.testing import tiny_bert_config, random_inputs
 >>> model = AdapterBertModel.from_config(tiny_bert_config())
 >>> model.add_adapter("mrpc", config="double_seq_bn[reduction_factor=4]")
@@ -18,6 +20,10 @@ Example:
 (3, 2)
 >>> print(model.adapter_summary().splitlines()[-1])
 trainable params: 2,274 || all params: 23,618 || trainable%: 9.6282
+>>> model.add_adapter("lang", config="seq_bn[reduction_factor=4]")
+>>> model.set_active_adapters(Stack("lang", "mrpc"))
+>>> model.active_adapters, model.active_head
+(Stack[lang, mrpc], 'mrpc')
 """
 
 from __future__ import annotations
@@ -33,7 +39,11 @@ import numpy as np
 from adapter_bert.bert.checkpoint import (encoder_state, load_pretrained_encoder,
                                           load_state_into_encoder)
 from adapter_bert.bert.config import BertConfig
+from adapter_bert.averaging import average_heads, average_modules
 from adapter_bert.bert.encoder import BertEncoder
+from adapter_bert.composition import (AdapterCompositionBlock, BatchSplit, as_setup,
+                                      parse_heads_from_composition, setup_from_dict, setup_key,
+                                      setup_to_dict)
 from adapter_bert.configuration import AdapterConfig, ConfigUnion
 from adapter_bert.heads import ClassificationHead, RegressionHead
 from adapter_bert.io_utils import atomic_directory, read_json, recover_directory, write_json
@@ -45,6 +55,7 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter.safetensors"
 HEAD_CONFIG_FILE = "head_config.json"
 HEAD_WEIGHTS_FILE = "head.safetensors"
+SETUP_FILE = "adapter_setup.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Sizes an adapter's weights depend on; a saved adapter loads only into a base that matches them.
 _SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
@@ -80,6 +91,31 @@ class AdapterModule(keras.layers.Layer):
         # eject_prefix_tuning swaps a method layer after the module is built.
         pass
 
+    def attach(self, encoder) -> None:
+        """Registers every method's hooks under this adapter's name (all or none)."""
+        done = []
+        try:
+            for method in self.methods:
+                if not method.merged:
+                    method.attach(encoder, self.adapter_name)
+                    done.append(method)
+        except Exception:
+            for method in done:
+                method.detach(encoder, self.adapter_name)
+            raise
+
+    def detach(self, encoder) -> None:
+        for method in self.methods:
+            if not method.merged:
+                method.detach(encoder, self.adapter_name)
+
+    def supported_blocks(self) -> frozenset:
+        """The composition blocks every method of this adapter can be walked through."""
+        blocks = None
+        for method in self.methods:
+            blocks = method.supported_blocks() if blocks is None else blocks & method.supported_blocks()
+        return blocks
+
     @property
     def trains_base(self) -> bool:
         return any(m.trains_base for m in self.methods)
@@ -111,7 +147,8 @@ class AdapterBertModel(keras.Model):
     `from_config` (random weights). `model(inputs)` returns the active head's logits (or the
     encoder outputs when no head is active); `model.bert(inputs)` returns the encoder outputs.
     Inputs are a dict of int `[batch, seq]` arrays: `input_ids`, `attention_mask`,
-    `token_type_ids`.
+    `token_type_ids`. Under a `Parallel` setup both return one output per branch; under a
+    `BatchSplit` setup `model(inputs)` returns one head output per group of rows.
     """
 
     def __init__(self, bert: BertEncoder, checkpoint_dir: str | None = None, **kwargs):
@@ -120,9 +157,11 @@ class AdapterBertModel(keras.Model):
         self.checkpoint_dir = checkpoint_dir
         self.adapter_modules = {}
         self.heads = {}
-        self._active_adapter = None
         self._active_head = None
-        self._training_adapter = None
+        self._training_adapters: set[str] = set()
+        # Keras' traced train / test / predict functions bake in the setup that was active when
+        # they were traced; they are kept per setup, so switching back reuses the right ones.
+        self._traces: dict[tuple, dict] = {}
 
     def _lock_state(self):
         # Adapters and heads are added and removed after the model is built, by design.
@@ -175,7 +214,7 @@ class AdapterBertModel(keras.Model):
 
     def add_adapter(self, name: str, config="seq_bn", overwrite_ok: bool = False,
                     set_active: bool = False) -> None:
-        """Adds a new adapter.
+        """Adds a new adapter; its hooks are registered but run only once a setup names it.
 
         Args:
             name: the adapter's name.
@@ -193,85 +232,114 @@ class AdapterBertModel(keras.Model):
         for method in module.methods:
             if hasattr(method, "init_from_base"):
                 method.init_from_base(self.bert)
-        module.trainable = False
-        if name in self.adapter_modules:
-            self.delete_adapter(name)
-        self.adapter_modules[name] = module
+        self._install(name, module)
         if set_active:
             self.set_active_adapters(name)
 
+    def _install(self, name: str, module: AdapterModule) -> None:
+        """Puts a built module in place of any adapter of that name and registers its hooks."""
+        setup = self.active_adapters
+        if name in self.adapter_modules:
+            self.delete_adapter(name)
+        module.trainable = False
+        module.attach(self.bert)
+        self.adapter_modules[name] = module
+        if setup is not None and self.active_adapters is None and name in _names(setup):
+            self._activate(setup, self.bert.skip_layers)  # the replaced adapter was active
+
     def delete_adapter(self, name: str) -> None:
-        """Removes an adapter (resetting it first if it is merged)."""
+        """Removes an adapter (resetting it first if it is merged); a setup naming it is cleared."""
         module = self._adapter(name)
-        if self._active_adapter == name:
+        if name in _names(self.active_adapters):
             self.set_active_adapters(None)
         if module.merged:
             self.reset_adapter(name)
-        if self._training_adapter == name:
-            self._training_adapter = None
+        self._training_adapters.discard(name)
+        module.detach(self.bert)
         # pop (not del): Keras' tracked dict untracks the layer only on pop.
         self.adapter_modules.pop(name)
+        self._traces.clear()
 
     @property
-    def active_adapters(self) -> str | None:
-        """The name of the active adapter, or None."""
-        return self._active_adapter
+    def active_adapters(self):
+        """The active setup: an adapter name, a composition block, or None."""
+        return self.bert.active_setup
 
-    def set_active_adapters(self, name: str | None) -> None:
-        """Activates adapter `name` (None: the plain base). A head of the same name becomes active too."""
-        if name is not None:
+    def set_active_adapters(self, setup, skip_layers=None) -> None:
+        """Activates a setup: an adapter name, a composition block, a list (a `Stack`), a setup
+        string such as `"Stack(lang, mrpc)"`, or None for the plain base.
+
+        The heads that go with it become active (`parse_heads_from_composition`): a name's head,
+        each `Parallel` branch's, each `BatchSplit` group's. `skip_layers` (AdapterDrop) are
+        layers where no adapter runs; every call sets them anew, as in the adapters library.
+
+        Raises:
+            KeyError: a name with no adapter.
+            ValueError: a nesting the library does not allow, a block one of the adapters'
+                methods cannot be composed with, or bad `skip_layers`. The previous setup stays.
+        """
+        setup = as_setup(setup)
+        for name in _names(setup):
             self._adapter(name)
-        previous = self._active_adapter
-        if previous is not None:
-            for method in self.adapter_modules[previous].methods:
-                method.detach(self.bert)
-        self._active_adapter = None
-        self._forget_traces()
-        if name is None:
+        _check_blocks(setup, self.adapter_modules)
+        self._activate(setup, tuple(skip_layers or ()))
+        heads = parse_heads_from_composition(setup) if setup is not None else None
+        if heads is not None and all(h in self.heads for h in _head_names(heads)):
+            self._active_head = heads
+        self._swap_traces()
+
+    def _activate(self, setup, skip_layers) -> None:
+        self.bert.set_active_setup(setup, skip_layers)
+
+    def _setup_key(self) -> tuple:
+        merged = tuple(sorted(n for n, m in self.adapter_modules.items() if m.merged))
+        head = self._active_head
+        head = setup_key(head) if isinstance(head, AdapterCompositionBlock) else repr(head)
+        return (setup_key(self.active_adapters), tuple(sorted(self.bert.skip_layers)), head,
+                merged, tuple(sorted(self._training_adapters)))
+
+    def _swap_traces(self) -> None:
+        """Keeps Keras' traced functions per setup: each setup is traced at most once."""
+        current = getattr(self, "_trace_key", None)
+        key = self._setup_key()
+        if current == key:
             return
-        try:
-            for method in self.adapter_modules[name].methods:
-                method.attach(self.bert)
-        except Exception:
-            # Detaching is idempotent, so undo every method (the failing one may be half attached)
-            # and put the previous adapter back.
-            for method in self.adapter_modules[name].methods:
-                method.detach(self.bert)
-            if previous is not None:
-                for method in self.adapter_modules[previous].methods:
-                    method.attach(self.bert)
-                self._active_adapter = previous
-            raise
-        self._active_adapter = name
-        if name in self.heads:
-            self._active_head = name
+        names = ("train_function", "test_function", "predict_function")
+        if current is not None:
+            self._traces[current] = {n: getattr(self, n, None) for n in names}
+        for n, function in self._traces.get(key, dict.fromkeys(names)).items():
+            setattr(self, n, function)
+        self._trace_key = key
 
-    def _forget_traces(self) -> None:
-        # Which hooks run is Python state baked into traced functions; retrace after a change.
-        for attr in ("train_function", "test_function", "predict_function"):
-            if hasattr(self, attr):
-                setattr(self, attr, None)
+    def train_adapter(self, setup) -> None:
+        """Activates `setup` and makes only its adapters (with their LayerNorm copies) and the
+        heads named after them trainable; everything else is frozen.
 
-    def train_adapter(self, name: str) -> None:
-        """Activates adapter `name` and makes only it (with its LayerNorm copies) and head `name` trainable."""
-        module = self._adapter(name)
-        if module.merged:
-            raise ValueError(f"adapter {name!r} is merged into the base; reset_adapter({name!r}) "
-                             "before training it")
-        self.set_active_adapters(name)
-        self.bert.trainable = module.trains_base
+        `train_adapter("task")` then `set_active_adapters(Stack("lang", "task"))` trains "task"
+        inside the stack with "lang" frozen (how MAD-X trains a task adapter).
+        """
+        setup = as_setup(setup)
+        names = _names(setup)
+        for name in names:
+            if self._adapter(name).merged:
+                raise ValueError(f"adapter {name!r} is merged into the base; reset_adapter({name!r}) "
+                                 "before training it")
+        self.set_active_adapters(setup)
+        self.bert.trainable = any(self.adapter_modules[n].trains_base for n in names)
         for other_name, other in self.adapter_modules.items():
-            other.trainable = other_name == name
+            other.trainable = other_name in names
         for head_name, head in self.heads.items():
-            head.trainable = head_name == name
-        self._training_adapter = name
+            head.trainable = head_name in names
+        self._training_adapters = set(names)
+        self._swap_traces()
 
     def freeze_model(self) -> None:
         """Makes every weight untrainable (inference)."""
         self.bert.trainable = False
         for layer in list(self.adapter_modules.values()) + list(self.heads.values()):
             layer.trainable = False
-        self._training_adapter = None
+        self._training_adapters = set()
+        self._swap_traces()
 
     def _mergeable_methods(self, name: str) -> list[AdapterMethod]:
         methods = [m for m in self._adapter(name).methods if m.mergeable]
@@ -279,30 +347,25 @@ class AdapterBertModel(keras.Model):
             raise TypeError(f"adapter {name!r} has no LoRA or (IA)^3 part to merge")
         return methods
 
-    @contextlib.contextmanager
-    def _adapters_detached(self):
-        """Runs a block with no adapter attached, then re-activates the one that was active."""
-        active = self._active_adapter
-        self.set_active_adapters(None)
-        try:
-            yield
-        finally:
-            if active is not None:
-                self.set_active_adapters(active)
-
     def merge_adapter(self, name: str) -> None:
         """Folds LoRA / (IA)^3 adapter `name` into the base weights (no cost at inference)."""
         methods = self._mergeable_methods(name)
-        with self._adapters_detached():
+        done = []
+        try:
             for method in methods:
-                method.merge(self.bert)
+                method.merge(self.bert, name)
+                done.append(method)
+        except Exception:
+            for method in done:
+                method.reset(self.bert, name)
+            raise
+        self._swap_traces()
 
     def reset_adapter(self, name: str) -> None:
         """Undoes `merge_adapter`: the base weights are restored exactly."""
-        methods = self._mergeable_methods(name)
-        with self._adapters_detached():
-            for method in methods:
-                method.reset(self.bert)
+        for method in self._mergeable_methods(name):
+            method.reset(self.bert, name)
+        self._swap_traces()
 
     def eject_prefix_tuning(self, name: str) -> None:
         """Replaces prefix tuning's reparameterisation by its result: flat prefixes, same outputs."""
@@ -310,15 +373,74 @@ class AdapterBertModel(keras.Model):
         index = [i for i, m in enumerate(module.methods) if isinstance(m, PrefixTuningMethod)]
         if not index:
             raise TypeError(f"adapter {name!r} has no prefix tuning part")
-        with self._adapters_detached():
-            trainable = module.trainable
-            ejected = module.methods[index[0]].ejected()
-            module.methods.pop(index[0])
-            module.methods.insert(index[0], ejected)
-            members = list(module.config) if isinstance(module.config, ConfigUnion) else [module.config]
-            members[index[0]] = ejected.config
-            module.config = ConfigUnion(*members) if len(members) > 1 else members[0]
-            module.trainable = trainable
+        trainable = module.trainable
+        old = module.methods[index[0]]
+        ejected = old.ejected()
+        old.detach(self.bert, name)
+        module.methods.pop(index[0])
+        module.methods.insert(index[0], ejected)
+        ejected.attach(self.bert, name)
+        members = list(module.config) if isinstance(module.config, ConfigUnion) else [module.config]
+        members[index[0]] = ejected.config
+        module.config = ConfigUnion(*members) if len(members) > 1 else members[0]
+        module.trainable = trainable
+        self._traces.clear()
+
+    # --- combining adapters and heads ---------------------------------------------------------------
+
+    def average_adapter(self, name: str, adapter_list, weights=None, combine_strategy: str = "linear",
+                        normalize_weights: bool = True, overwrite_ok: bool = False,
+                        set_active: bool = False, svd_rank: int | None = None) -> None:
+        """Adds adapter `name` whose weights combine those of `adapter_list` (all of one config).
+
+        Args:
+            adapter_list: names of adapters with equal configs (dropout and init aside).
+            weights: one per adapter (default equal); divided by their sum unless
+                `normalize_weights=False`.
+            combine_strategy: "linear" (the weighted sum of every weight; for LoRA of `A` and
+                `B` separately, as the adapters library does), and for LoRA also
+                "lora_linear_only_negate_b" (`A` weighted by |w|, `B` by w) and
+                "lora_delta_w_svd" (the rank-`svd_rank` SVD of the weighted sum of the updates).
+            svd_rank: the rank of "lora_delta_w_svd"'s result.
+
+        Example:
+        >>> from adapter_bert.testing import tiny_bert_config
+        >>> model = AdapterBertModel.from_config(tiny_bert_config())
+        >>> model.add_adapter("a", config="lora"); model.add_adapter("b", config="lora")
+        >>> model.average_adapter("ab", ["a", "b"], weights=[0.7, 0.3])
+        >>> model.adapters["ab"].config == model.adapters["a"].config
+        True
+        """
+        _check_name(name, "adapter")
+        if name in self.adapter_modules and not overwrite_ok:
+            raise ValueError(f"an adapter named {name!r} exists already (pass overwrite_ok=True)")
+        sources = [self._adapter(n) for n in adapter_list] if adapter_list else []
+        config, values = average_modules(sources, weights, normalize_weights, combine_strategy,
+                                         svd_rank)
+        module = AdapterModule(name, config, self.bert.bert_config, dtype=self.bert.dtype_policy)
+        _assign_named(module.named_variables(), values, f"the average of {', '.join(adapter_list)}")
+        self._install(name, module)
+        if set_active:
+            self.set_active_adapters(name)
+
+    def average_head(self, name: str, head_list, weights=None, normalize_weights: bool = True,
+                     overwrite_ok: bool = False, set_active: bool = False) -> None:
+        """Adds head `name`, the weighted sum of the weights of `head_list` (one class and config)."""
+        _check_name(name, "head")
+        if name in self.heads and not overwrite_ok:
+            raise ValueError(f"a head named {name!r} exists already (pass overwrite_ok=True)")
+        for head_name in head_list or []:
+            if head_name not in self.heads:
+                raise KeyError(f"no head named {head_name!r}")
+        head_class, config, values = average_heads([self.heads[n] for n in head_list or []],
+                                                   weights, normalize_weights)
+        head = head_class(dtype=self.bert.dtype_policy, name=f"head_{name}", **config)
+        _assign_named(named_variables(head), values, f"the average of {', '.join(head_list)}")
+        head.trainable = name in self._training_adapters
+        self.heads.pop(name, None)
+        self.heads[name] = head
+        if set_active:
+            self.active_head = name
 
     # --- heads -------------------------------------------------------------------------------------
 
@@ -352,41 +474,65 @@ class AdapterBertModel(keras.Model):
         head = head_class(hidden_size=cfg.hidden_size, dropout=dropout,
                           initializer_range=cfg.initializer_range, dtype=self.bert.dtype_policy,
                           name=f"head_{name}", **kwargs)
-        head.trainable = self._training_adapter == name
+        head.trainable = name in self._training_adapters
         # pop first: assigning over a tracked dict entry would keep the old head's weights tracked.
         self.heads.pop(name, None)
         self.heads[name] = head
+        self._traces.clear()
         if set_active:
-            self._active_head = name
+            self.active_head = name
 
     def delete_head(self, name: str) -> None:
         if name not in self.heads:
             raise KeyError(f"no head named {name!r}")
         self.heads.pop(name)
-        if self._active_head == name:
+        if name in _head_names(self._active_head):
             self._active_head = None
+        self._traces.clear()
+        self._swap_traces()
 
     @property
-    def active_head(self) -> str | None:
+    def active_head(self):
+        """The active head: a name, a list (one per `Parallel` branch), a `BatchSplit`, or None."""
         return self._active_head
 
     @active_head.setter
-    def active_head(self, name: str | None) -> None:
-        if name is not None and name not in self.heads:
-            raise KeyError(f"no head named {name!r} (heads: {', '.join(sorted(self.heads)) or 'none'})")
-        self._active_head = name
-        self._forget_traces()
+    def active_head(self, heads) -> None:
+        if isinstance(heads, (list, tuple)):
+            heads = list(heads)
+        for name in _head_names(heads):
+            if name not in self.heads:
+                raise KeyError(f"no head named {name!r} (heads: "
+                               f"{', '.join(sorted(self.heads)) or 'none'})")
+        self._active_head = heads
+        self._swap_traces()
 
     # --- forward -----------------------------------------------------------------------------------
 
     def call(self, inputs, training=None):
         outputs = self.bert(inputs, training=training)
-        if self._active_head is None:
+        heads = self._active_head
+        if heads is None:
             return outputs
         mask = inputs.get("attention_mask", inputs.get("padding_mask"))
         if mask is None:
             mask = keras.ops.ones_like(inputs["input_ids"])
-        return self.heads[self._active_head](outputs, mask, training=training)
+        if isinstance(outputs, list):  # Parallel: one head per branch
+            names = heads if isinstance(heads, list) else [heads] * len(outputs)
+            if len(names) != len(outputs):
+                raise ValueError(f"{len(outputs)} parallel branches but {len(names)} active "
+                                 f"heads {names}")
+            return [self.heads[n](o, mask, training=training) for n, o in zip(names, outputs)]
+        if isinstance(heads, BatchSplit):
+            results, begin = [], 0
+            for name, size in zip(heads.children, heads.batch_sizes):
+                part = {k: v[begin:begin + size] for k, v in outputs.items()}
+                results.append(self.heads[name](part, mask[begin:begin + size], training=training))
+                begin += size
+            return results
+        if isinstance(heads, list):
+            return [self.heads[n](outputs, mask, training=training) for n in heads]
+        return self.heads[heads](outputs, mask, training=training)
 
     # --- saving and loading ------------------------------------------------------------------------
 
@@ -434,7 +580,14 @@ class AdapterBertModel(keras.Model):
         Raises a one-line error for a missing or corrupt file, or an adapter trained for a model
         of another size. Nothing is added to the model unless everything loads.
         """
-        directory = Path(directory)
+        loaded = self._read_adapter(Path(directory), load_as, with_head)
+        self._put(*loaded)
+        if set_active:
+            self.set_active_adapters(loaded[0])
+        return loaded[0]
+
+    def _read_adapter(self, directory: Path, load_as: str | None, with_head: bool):
+        """`(name, module, head or None, base state or None)` read from a saved adapter."""
         recover_directory(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"adapter directory {directory} does not exist")
@@ -455,22 +608,23 @@ class AdapterBertModel(keras.Model):
         head = None
         if with_head and (directory / HEAD_CONFIG_FILE).is_file():
             head = self._read_head(directory, name)
+        base_state = None
         if module.trains_base:
-            state = {k.removeprefix("bert."): v for k, v in weights.items()}
-            load_state_into_encoder(self.bert, state, source=str(directory / ADAPTER_WEIGHTS_FILE))
+            base_state = {k.removeprefix("bert."): v for k, v in weights.items()}
         else:
             _assign_named(module.named_variables(), weights, directory / ADAPTER_WEIGHTS_FILE)
-        if name in self.adapter_modules:
-            self.delete_adapter(name)
-        module.trainable = False
-        self.adapter_modules[name] = module
+        return name, module, head, (base_state, directory / ADAPTER_WEIGHTS_FILE)
+
+    def _put(self, name, module, head, base_state) -> None:
+        state, source = base_state
+        if state is not None:
+            load_state_into_encoder(self.bert, state, source=str(source))
+        self._install(name, module)
         if head is not None:
             head.trainable = False
             self.heads.pop(name, None)
             self.heads[name] = head
-        if set_active:
-            self.set_active_adapters(name)
-        return name
+            self._traces.clear()
 
     def _read_head(self, directory: Path, name: str) -> ClassificationHead:
         meta = read_json(directory / HEAD_CONFIG_FILE, "head config")
@@ -492,20 +646,21 @@ class AdapterBertModel(keras.Model):
     # --- reporting ---------------------------------------------------------------------------------
 
     def adapter_summary(self, as_dict: bool = False):
-        """A table of adapters and the PEFT-style parameter line.
+        """A table of adapters, the active setup, and the PEFT-style parameter line.
 
         Returns a string (or, with `as_dict=True`, a list of dicts with keys name, architecture,
         params, active, train). `params` counts the adapter's own weights (the whole base for full
-        fine-tuning); the last line counts trainable and all weights of the model.
+        fine-tuning); `active` is whether the active setup names the adapter; the last line counts
+        trainable and all weights of the model.
         """
         base_params = self.bert.count_params()
+        active = _names(self.active_adapters)
         rows = []
         for name, module in self.adapter_modules.items():
             label = config_identifier(module.config) + (" (merged)" if module.merged else "")
             rows.append({"name": name, "architecture": label,
                          "params": base_params if module.trains_base else module.num_params(),
-                         "active": name == self._active_adapter,
-                         "train": name == self._training_adapter})
+                         "active": name in active, "train": name in self._training_adapters})
         if as_dict:
             return rows
         trainable = int(sum(np.prod(v.shape) for v in self.trainable_weights))
@@ -519,10 +674,75 @@ class AdapterBertModel(keras.Model):
                          f"{r['params']:>12,}  {100 * r['params'] / base_params:>8.3f}  "
                          f"{str(r['active']):>6}  {str(r['train']):>5}")
         lines.append("-" * (width + arch_width + 42))
+        setup = self.active_adapters
+        if setup is not None:
+            skipped = self.bert.skip_layers
+            lines.append(f"active setup: {setup}"
+                         + (f" (adapters skipped in layers {', '.join(map(str, sorted(skipped)))})"
+                            if skipped else "")
+                         + (f"; head: {self._active_head}" if self._active_head is not None else ""))
         lines.append(f"trainable params: {trainable:,} || all params: {total:,} || "
                      f"trainable%: {100 * trainable / total:.4f}")
         return "\n".join(lines)
 
+    # --- whole setups ------------------------------------------------------------------------------
+
+    def save_adapter_setup(self, directory: str | os.PathLike, setup=None) -> None:
+        """Writes a whole setup, atomically: every adapter it names (each with its head, if any)
+        in a subdirectory of that name, and `adapter_setup.json` with the block and the heads.
+
+        Args:
+            setup: the setup to save; default the active one.
+        """
+        setup = as_setup(setup) if setup is not None else self.active_adapters
+        if setup is None:
+            raise ValueError("no setup to save: pass one or activate one first")
+        names = _names(setup)
+        for name in names:
+            self._adapter(name)
+        target = Path(directory)
+        if target.is_dir() and any(target.iterdir()) and not (target / SETUP_FILE).is_file():
+            raise ValueError(f"{target} is a non-empty directory that holds no saved adapter "
+                             "setup; pick an empty one")
+        heads = parse_heads_from_composition(setup)
+        if heads is not None and not all(h in self.heads for h in _head_names(heads)):
+            heads = None
+        head_setup = (setup_to_dict(heads) if isinstance(heads, (str, AdapterCompositionBlock))
+                      else heads)
+        with atomic_directory(directory) as tmp:
+            for name in names:
+                self.save_adapter(tmp / name, name)
+            write_json(tmp / SETUP_FILE, {"adapter_setup": setup_to_dict(setup),
+                                          "head_setup": head_setup, "library": "adapter_bert",
+                                          "format_version": 1})
+
+    def load_adapter_setup(self, directory: str | os.PathLike, set_active: bool = True):
+        """Loads a setup written by `save_adapter_setup`: its adapters and heads, and the block.
+
+        Returns the setup. Nothing is added unless every adapter loads.
+        """
+        directory = Path(directory)
+        recover_directory(directory)
+        meta = read_json(directory / SETUP_FILE, "adapter setup")
+        if not isinstance(meta, dict) or "adapter_setup" not in meta:
+            raise ValueError(f"{directory / SETUP_FILE} has no 'adapter_setup'")
+        try:
+            setup = setup_from_dict(meta["adapter_setup"])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{directory / SETUP_FILE}: {e}") from None
+        names = _names(setup)
+        for name in names:
+            if not (directory / name / ADAPTER_CONFIG_FILE).is_file():
+                raise FileNotFoundError(f"{directory / SETUP_FILE} names adapter {name!r}, but "
+                                        f"{directory / name} holds none")
+        # Everything is read before anything is added, so a bad file leaves the model as it was.
+        loaded = [self._read_adapter(directory / name, name, True) for name in names]
+        for item in loaded:
+            self._put(*item)
+        self._traces.clear()
+        if set_active:
+            self.set_active_adapters(setup)
+        return setup
 
 def _read_weights(path: Path) -> dict[str, np.ndarray]:
     """A safetensors file's tensors, with one-line errors for a missing or corrupt file."""
@@ -554,3 +774,52 @@ def _assign_named(variables: dict, weights: dict, source) -> None:
                              f"expected {tuple(variable.shape)}")
     for key, variable in variables.items():
         variable.assign(weights[key].astype(variable.dtype))
+
+
+def _names(setup) -> tuple[str, ...]:
+    """The adapter names of a setup (none for None)."""
+    if setup is None:
+        return ()
+    return (setup,) if isinstance(setup, str) else setup.flatten()
+
+
+def _head_names(heads) -> tuple[str, ...]:
+    if heads is None:
+        return ()
+    if isinstance(heads, str):
+        return (heads,)
+    if isinstance(heads, AdapterCompositionBlock):
+        return heads.flatten()
+    return tuple(heads)
+
+
+def _check_blocks(setup, modules: dict) -> None:
+    """Raises ValueError when a block of `setup` holds an adapter whose methods cannot be
+    composed with it, or when its `Parallel` blocks disagree on the number of branches."""
+    if setup is None or isinstance(setup, str):
+        return
+    widths = set()
+
+    def visit(block, ancestors):
+        if isinstance(block, str):
+            for ancestor in ancestors:
+                if ancestor.block_type == "fuse":
+                    raise ValueError(f"{ancestor}: no AdapterFusion layer {ancestor.name!r} "
+                                     "(AdapterFusion is not available yet)")
+                supported = modules[block].supported_blocks()
+                if ancestor.block_type not in supported:
+                    methods = ", ".join(m.config.architecture for m in modules[block].methods)
+                    raise ValueError(f"{type(ancestor).__name__} cannot hold adapter {block!r}: "
+                                     f"its {methods} method composes only with "
+                                     + ", ".join(sorted(b.title().replace("_", "")
+                                                        for b in supported)))
+            return
+        if block.block_type == "parallel":
+            widths.add(len(block.children))
+        for child in block.children:
+            visit(child, ancestors + [block])
+
+    visit(setup, [])
+    if len(widths) > 1:
+        raise ValueError(f"the Parallel blocks of {setup} have different numbers of branches "
+                         f"({', '.join(map(str, sorted(widths)))}); the batch is replicated once")

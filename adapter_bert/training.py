@@ -103,7 +103,7 @@ def validate_args(args: TrainingArgs) -> None:
     """Checks every argument up front; raises ValueError / FileNotFoundError with one line."""
     from adapter_bert.glue.data import find_tsv
     from adapter_bert.glue.tasks import get_task
-    from adapter_bert.methods.presets import PRESETS
+    from adapter_bert.methods.registry import preset_names
 
     task = get_task(args.task)
     if task.prediction_only:
@@ -129,8 +129,8 @@ def validate_args(args: TrainingArgs) -> None:
         raise ValueError(f"unknown --strategy {args.strategy!r}; known: {', '.join(STRATEGIES)}")
     if args.mixed_precision not in MIXED_PRECISION:
         raise ValueError(f"--mixed_precision must be bf16 or fp16, got {args.mixed_precision!r}")
-    if args.method is not None and args.method not in PRESETS:
-        raise ValueError(f"unknown --method {args.method!r}; known: {', '.join(PRESETS)}")
+    if args.method is not None and args.method not in preset_names():
+        raise ValueError(f"unknown --method {args.method!r}; known: {', '.join(preset_names())}")
     if args.worker_hosts or args.task_index is not None:
         if args.strategy != "multi_worker_mirrored":
             raise ValueError("--worker_hosts / --task_index need --strategy multi_worker_mirrored")
@@ -224,7 +224,7 @@ def is_chief(strategy) -> bool:
 
 def resolve_adapter_config(args: TrainingArgs, hidden_size: int) -> str:
     """`--adapter_config` if given, else the `--method` preset (`--bottleneck_size` alone: Houlsby)."""
-    from adapter_bert.methods.presets import preset_config
+    from adapter_bert.methods.registry import preset_config
 
     if args.adapter_config:
         return args.adapter_config

@@ -40,7 +40,7 @@ import common
 TASK_DIRS = {"mrpc": "MRPC", "sst2": "SST-2"}
 
 
-# The methods whose preset `--bottleneck_size` resizes (adapter_bert.methods.presets).
+# The methods whose preset `--bottleneck_size` resizes (adapter_bert.methods.bottleneck).
 BOTTLENECK_METHODS = ("houlsby", "pfeiffer", "parallel")
 
 

@@ -1,5 +1,7 @@
 """The Keras BERT encoder: shapes, masking, configs, hooks, tracing."""
 
+from typing import NamedTuple
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -7,6 +9,7 @@ import tensorflow as tf
 from adapter_bert.bert.config import BertConfig
 from adapter_bert.bert.encoder import (HOOK_POINTS, BertEmbeddings, BertEncoder, BertLayer,
                                        BertPooler, BertSelfAttention, HookedDense)
+from adapter_bert.bert.hooks import Composer, OutputComposer
 from adapter_bert.testing import random_inputs, tiny_bert_config, tiny_encoder
 
 
@@ -105,31 +108,90 @@ def test_hook_points_name_the_sublayers():
         layer.sublayer("ffn")
 
 
-def test_dense_hooks_and_residual_hooks_change_outputs_and_are_untracked():
+class _Half:
+    composer = OutputComposer
+
+    def __call__(self, x, y, training=None):
+        return 0.5 * y
+
+
+class _RecordState(NamedTuple):
+    h: object
+    x: object
+    last: object = None
+
+
+class _Recorder(Composer):
+    """A residual family that records what it sees and computes BERT's own residual."""
+
+    kinds = ("residual",)
+    row_aligned = ("h", "x")
+    calls = []
+
+    def start(self, point_state):
+        h, x, self.layer_norm = point_state
+        return _RecordState(h, x)
+
+    def single(self, name, hook, state):
+        self.calls.append(tuple(state.h.shape))
+        return state._replace(last=name)
+
+    def finish(self, state):
+        return (self.layer_norm(state.h + state.x),)
+
+
+class _Residual:
+    composer = _Recorder
+
+
+def test_hooks_run_only_under_a_setup_naming_them_and_add_no_weights():
     encoder = tiny_encoder()
     inputs = random_inputs()
     base = encoder(inputs)["sequence_output"].numpy()
     n_weights = len(encoder.weights)
-    value = encoder.layers[1].sublayer("attention.value")
-    value.hooks.append(lambda x, y, training=None: y * 0.5)
+    layer = encoder.layers[1]
+    layer.add_hook("attention.value", "half", _Half())
+    assert layer.hooks("attention.value") == ("half",)
+    np.testing.assert_array_equal(encoder(inputs)["sequence_output"], base)  # registered only
+    encoder.set_active_setup("half")
     changed = encoder(inputs)["sequence_output"].numpy()
-    value.hooks.clear()
-    np.testing.assert_array_equal(encoder(inputs)["sequence_output"], base)
     assert np.abs(changed - base).max() > 1e-3
+    encoder.set_active_setup("half", skip_layers=[1])  # AdapterDrop: layer 1's hooks stay off
+    np.testing.assert_array_equal(encoder(inputs)["sequence_output"], base)
+    encoder.set_active_setup("other")
+    np.testing.assert_array_equal(encoder(inputs)["sequence_output"], base)
     assert len(encoder.weights) == n_weights  # hooks never add weights to the base
 
-    calls = []
+    with pytest.raises(ValueError, match="adapter 'half' has a hook at layer_1.attention.value already"):
+        layer.add_hook("attention.value", "half", _Half())
+    with pytest.raises(TypeError, match="act at dense, norm points, not at layer_1.output_residual"):
+        layer.add_hook("output_residual", "half", _Half())
+    with pytest.raises(TypeError, match="needs a `composer`"):
+        layer.add_hook("attention.value", "plain", lambda x, y, training=None: y)
+    with pytest.raises(KeyError, match="unknown hook point 'ffn' of layer_1; known: attention.query"):
+        layer.add_hook("ffn", "half", _Half())
+    with pytest.raises(ValueError, match="skip_layers must hold layer indices 0..1, got 5"):
+        encoder.set_active_setup("half", skip_layers=[5])
+    layer.remove_hook("attention.value", "half")
+    with pytest.raises(KeyError, match="adapter 'half' has no hook at layer_1.attention.value"):
+        layer.remove_hook("attention.value", "half")
+    assert encoder.hook_point("layer_1.attention.value").adapters() == ()
+    assert {"embeddings.layer_norm", "pooler.dense", "layer_0.attention.attention",
+            "layer_0.output_residual"} <= set(encoder.hook_points())
 
-    def residual(sub_out, sub_in, layer_norm, training=None):
-        calls.append(tuple(sub_out.shape))
-        return layer_norm(sub_out + sub_in)
 
-    object.__setattr__(encoder.layers[0], "output_residual", residual)
+def test_residual_hooks_see_real_tokens_or_padded_rows():
+    encoder = tiny_encoder()
+    inputs = random_inputs()
+    base = encoder(inputs)["sequence_output"].numpy()
+    encoder.layers[0].add_hook("output_residual", "r", _Residual())
+    encoder.set_active_setup("r")
+    _Recorder.calls.clear()
     np.testing.assert_allclose(encoder(inputs)["sequence_output"], base, atol=1e-6)
     # Per-token hooks see the real tokens only ([n_tokens, hidden]); padded rows when not skipped.
     encoder.skip_padding = False
     encoder(inputs)
-    assert calls == [(int(inputs["attention_mask"].sum()), 32), (3, 10, 32)]
+    assert _Recorder.calls == [(int(inputs["attention_mask"].sum()), 32), (3, 10, 32)]
 
 
 def test_sequence_longer_than_positions_is_an_error():

@@ -4,21 +4,12 @@ Two speed-ups are TensorFlow-only and switch themselves off on other Keras backe
 padding (`TokenIndex`) and the hand-written LayerNorm / GELU gradients (`fast_ops`).
 
 The math follows Hugging Face's `BertModel` (post-LayerNorm, exact-erf GELU) so that a checkpoint
-loads to the same outputs. Every sublayer an adapter method needs is a named attribute, and three
-kinds of hook let a method change the computation without subclassing the encoder:
-
-* `HookedDense.hooks` / `HookedLayerNorm.hooks`: callables `hook(x, y, training=...) -> y` run on a
-  layer's input `x` and output `y` (LoRA adds a low-rank update, (IA)^3 rescales, BitFit shifts).
-* `BertSelfAttention.kv_hooks`: callables `hook(key, value, mask_bias, training=...)` that may extend the
-  per-head keys and values and their additive mask (prefix tuning).
-* `BertLayer.attention_residual` / `BertLayer.output_residual`: a callable
-  `residual(sublayer_output, sublayer_input, layer_norm=..., training=...) -> hidden` that replaces the
-  "add and LayerNorm" after each sublayer (bottleneck adapters, per-task LayerNorm).
-* `BertEmbeddings.hooks`: callables `hook(embeddings, mask, training=...) -> (embeddings, mask)` run on
-  the embedding output (prompt tuning).
-
-Hooks are plain Python lists, not Keras-tracked state: the layers that own adapter weights belong to
-the `AdapterBertModel`, so the base never holds task weights and stays shareable.
+loads to the same outputs. Every sublayer an adapter method needs is a named attribute with a
+`HookPoint` (see `adapter_bert.bert.hooks`, the hook API): methods register hooks there by
+adapter name through the layers' `add_hook` / `remove_hook`, and the encoder's active setup
+(`BertEncoder.set_active_setup`) decides which of them run. Hooks are not Keras-tracked state: the
+layers that own adapter weights belong to the `AdapterBertModel`, so the base never holds task
+weights and stays shareable.
 """
 
 from __future__ import annotations
@@ -28,20 +19,11 @@ from keras import ops
 
 from adapter_bert.bert.config import BertConfig
 from adapter_bert.bert.fast_ops import LayerNorm, gelu, tensorflow_backend
+from adapter_bert.bert.hooks import EncoderHooks, ForwardContext, HookPoint
 
 # Additive mask value for padded keys. -10000 is what Google's BERT uses; it is representable in
 # float16 and bfloat16, and exp(-10000) underflows to exactly 0 in every float type.
 MASK_NEGATIVE = -10000.0
-
-
-class _Hooks(list):
-    """A list that Keras does not track (so callables holding layers do not become sublayers)."""
-
-
-def _untracked(layer: keras.layers.Layer, name: str, value) -> None:
-    # Keras 3 wraps list attributes into tracked lists; object.__setattr__ keeps the hook list a
-    # plain container the encoder only reads at call time.
-    object.__setattr__(layer, name, value)
 
 
 def _initializer(config_range: float):
@@ -84,6 +66,10 @@ class TokenIndex:
         # on CPU (bench/profile_step.py).
         self._rows = tf.cast(tf.where(is_token > 0)[:, 0], tf.int32)  # [n_tokens] positions
         self._slots = tf.cumsum(is_token) * is_token  # [batch * seq]: 1 + token's row, 0 at padding
+        #: [batch] real tokens per example, and [n_tokens] each token's position in its example
+        #: (what composition blocks that cut the batch or the sequence need).
+        self.lengths = tf.reduce_sum(tf.reshape(is_token, self._shape), axis=1)
+        self.positions = self._rows % self._shape[1]
 
     def _take_rows(self, flat):
         import tensorflow as tf
@@ -119,43 +105,92 @@ class TokenIndex:
 
 
 class HookedDense(keras.layers.Dense):
-    """A Dense layer whose output methods such as LoRA and (IA)^3 may modify through `hooks`.
+    """A Dense layer with a `dense` hook point on its output (LoRA, (IA)^3, BitFit).
+
+    It also records which adapter, if any, is merged into its kernel (`merge_kernel` /
+    `unmerge_kernel`), so that two merges never stack into one kept copy of the kernel.
 
     Example:
     >>> import numpy as np
     >>> dense = HookedDense(4)
     >>> y = dense(np.ones((2, 3), "float32"))
-    >>> dense.hooks.append(lambda x, y, training=None: 2.0 * y)
-    >>> bool(np.allclose(dense(np.ones((2, 3), "float32")), 2 * y))
-    True
+    >>> dense.hook_point.kind, dense.merged_adapter
+    ('dense', None)
     """
 
     def __init__(self, units, **kwargs):
         super().__init__(units, **kwargs)
-        _untracked(self, "hooks", _Hooks())
+        self.hook_point = HookPoint(self.name, "dense")
+        self._merged_adapter = None
 
     def call(self, inputs, training=None):
         outputs = super().call(inputs)
-        for hook in self.hooks:
-            outputs = hook(inputs, outputs, training=training)
-        return outputs
+        return self.hook_point.run(inputs, outputs, training=training)[1]
+
+    @property
+    def merged_adapter(self) -> str | None:
+        """The adapter whose update is merged into the kernel, or None."""
+        return self._merged_adapter
+
+    def merge_kernel(self, adapter: str) -> None:
+        """Records that `adapter` merges into this kernel; a second merge is a ValueError."""
+        if self._merged_adapter is not None:
+            raise ValueError(f"{self.hook_point.path} already holds merged adapter "
+                             f"{self._merged_adapter!r}; reset it first")
+        self._merged_adapter = adapter
+
+    def unmerge_kernel(self, adapter: str) -> None:
+        """Records that `adapter`'s merge was undone; a ValueError if it was not merged here."""
+        if self._merged_adapter != adapter:
+            raise ValueError(f"adapter {adapter!r} is not merged into {self.hook_point.path}")
+        self._merged_adapter = None
 
 
 class HookedLayerNorm(LayerNorm):
-    """A LayerNormalization whose output methods may modify through `hooks` (BitFit's beta offsets)."""
+    """A LayerNormalization with a `norm` hook point on its output (BitFit's beta offsets)."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        _untracked(self, "hooks", _Hooks())
+        self.hook_point = HookPoint(self.name, "norm")
 
     def call(self, inputs):
         outputs = super().call(inputs)
-        for hook in self.hooks:
-            outputs = hook(inputs, outputs, training=None)
-        return outputs
+        return self.hook_point.run(inputs, outputs)[1]
 
 
-class BertEmbeddings(keras.layers.Layer):
+class _HookOwner:
+    """The hook API of a layer: its points by local name (`attention.value`, `output_ln`, ...).
+
+    `add_hook(point, adapter, hook)` registers, `remove_hook(point, adapter)` unregisters and
+    `hooks(point)` lists the adapters with a hook at a point; each fails loudly on a name it does
+    not know (see `adapter_bert.bert.hooks`).
+    """
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        raise NotImplementedError
+
+    def hook_point(self, name: str) -> HookPoint:
+        points = self.hook_points()
+        if name not in points:
+            raise KeyError(f"unknown hook point {name!r} of {self.name}; known: "
+                           + ", ".join(points))
+        return points[name]
+
+    def add_hook(self, point: str, adapter: str, hook) -> None:
+        self.hook_point(point).add(adapter, hook)
+
+    def remove_hook(self, point: str, adapter: str) -> None:
+        self.hook_point(point).remove(adapter)
+
+    def hooks(self, point: str) -> tuple[str, ...]:
+        return self.hook_point(point).adapters()
+
+    def _name_points(self, prefix: str, layer: int | None) -> None:
+        for name, point in self.hook_points().items():
+            point.path, point.layer = f"{prefix}{name}", layer
+
+
+class BertEmbeddings(_HookOwner, keras.layers.Layer):
     """Word + position + token-type embeddings, LayerNorm, dropout."""
 
     def __init__(self, vocab_size, hidden_size, max_position_embeddings, type_vocab_size,
@@ -181,7 +216,10 @@ class BertEmbeddings(keras.layers.Layer):
         self.layer_norm = HookedLayerNorm(
             epsilon=layer_norm_eps, dtype=self.dtype_policy, name="layer_norm")
         self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy, name="dropout")
-        _untracked(self, "hooks", _Hooks())
+        self._name_points(f"{self.name}.", None)
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        return {"layer_norm": self.layer_norm.hook_point}
 
     def build(self, input_shape):
         self.word_embeddings.build(input_shape)
@@ -190,15 +228,12 @@ class BertEmbeddings(keras.layers.Layer):
         self.layer_norm.build(tuple(input_shape) + (self.hidden_size,))
         self.built = True
 
-    def call(self, input_ids, token_type_ids, attention_mask, training=None):
+    def call(self, input_ids, token_type_ids, training=None):
         seq_len = ops.shape(input_ids)[1]
         positions = ops.arange(seq_len, dtype="int32")[None, :]
         x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
              + self.token_type_embeddings(token_type_ids))
-        x = self.dropout(self.layer_norm(x), training=training)
-        for hook in self.hooks:
-            x, attention_mask = hook(x, attention_mask, training=training)
-        return x, attention_mask
+        return self.dropout(self.layer_norm(x), training=training)
 
     def get_config(self):
         config = super().get_config()
@@ -209,10 +244,11 @@ class BertEmbeddings(keras.layers.Layer):
         return config
 
 
-class BertSelfAttention(keras.layers.Layer):
+class BertSelfAttention(_HookOwner, keras.layers.Layer):
     """Multi-head self-attention with its output projection and dropout (no residual, no LayerNorm).
 
-    Sublayers `query`, `key`, `value` and `output` are `HookedDense`.
+    Sublayers `query`, `key`, `value` and `output` are `HookedDense`; the `attention` hook point
+    sees the per-head keys, values and additive mask before the scores (prefix tuning).
     """
 
     def __init__(self, hidden_size, num_attention_heads, attention_dropout=0.1, hidden_dropout=0.1,
@@ -235,7 +271,12 @@ class BertSelfAttention(keras.layers.Layer):
             attention_dropout, dtype=self.dtype_policy, name="attention_dropout")
         self.output_dropout = keras.layers.Dropout(
             hidden_dropout, dtype=self.dtype_policy, name="output_dropout")
-        _untracked(self, "kv_hooks", _Hooks())
+        self.kv_point = HookPoint(f"{self.name}.attention", "attention")
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        return {"query": self.query.hook_point, "key": self.key.hook_point,
+                "value": self.value.hook_point, "output": self.output_dense.hook_point,
+                "attention": self.kv_point}
 
     def build(self, input_shape):
         for layer in (self.query, self.key, self.value, self.output_dense):
@@ -256,8 +297,7 @@ class BertSelfAttention(keras.layers.Layer):
         query = self._split_heads(query, batch)
         key = self._split_heads(key, batch)
         value = self._split_heads(value, batch)
-        for hook in self.kv_hooks:
-            key, value, mask_bias = hook(key, value, mask_bias, training=training)
+        key, value, mask_bias = self.kv_point.run(key, value, mask_bias, training=training)
         scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
         scores = scores * ops.cast(1.0 / (self.head_size ** 0.5), scores.dtype)
         scores = scores + ops.cast(mask_bias, scores.dtype)
@@ -279,25 +319,27 @@ class BertSelfAttention(keras.layers.Layer):
         return config
 
 
-def add_and_norm(sublayer_output, sublayer_input, layer_norm, training=None):
-    """BERT's residual connection: LayerNorm(sublayer_output + sublayer_input)."""
-    del training
-    return layer_norm(sublayer_output + sublayer_input)
+class BertLayer(_HookOwner, keras.layers.Layer):
+    """One transformer block and its hook points.
 
+    Hook points (`hook_points()`, see `adapter_bert.bert.hooks`): the Dense layers
+    `attention.query|key|value|output`, `intermediate`, `output`; the LayerNorms `attention_ln`,
+    `output_ln`; `attention.attention` (keys and values); and `attention_residual`,
+    `output_residual`, the "add and LayerNorm" after each sublayer that bottleneck adapters
+    replace (the adapters library's `mh_adapter` / `output_adapter` locations). Every point but
+    `attention.attention` acts per token: with `BertEncoder.skip_padding` its tensors hold
+    `[n_tokens, width]` real-token rows, otherwise `[batch, seq, width]`.
 
-class BertLayer(keras.layers.Layer):
-    """One transformer block with the hook points of DESIGN.md.
-
-    Hook names (see `HOOK_POINTS`): `attention.query|key|value|output`, `intermediate`, `output`,
-    `attention_ln`, `output_ln`. `attention_residual` and `output_residual` default to
-    `add_and_norm`; bottleneck adapters replace them. Every hook but attention's `kv_hooks` acts
-    per token: with `BertEncoder.skip_padding` it receives `[n_tokens, width]` real-token rows,
-    otherwise `[batch, seq, width]`.
+    Args:
+        layer_index: the layer's position in the encoder, which its hook points carry for
+            `skip_layers` (AdapterDrop).
     """
 
     def __init__(self, hidden_size, num_attention_heads, intermediate_size, layer_norm_eps=1e-12,
-                 hidden_dropout=0.1, attention_dropout=0.1, initializer_range=0.02, **kwargs):
+                 hidden_dropout=0.1, attention_dropout=0.1, initializer_range=0.02,
+                 layer_index=None, **kwargs):
         super().__init__(**kwargs)
+        self.layer_index = layer_index
         self.hidden_size = hidden_size
         self.num_attention_heads = num_attention_heads
         self.intermediate_size = intermediate_size
@@ -321,8 +363,19 @@ class BertLayer(keras.layers.Layer):
             hidden_dropout, dtype=self.dtype_policy, name="output_dropout")
         self.output_ln = HookedLayerNorm(
             epsilon=layer_norm_eps, dtype=self.dtype_policy, name="output_ln")
-        _untracked(self, "attention_residual", add_and_norm)
-        _untracked(self, "output_residual", add_and_norm)
+        self.attention_residual = HookPoint("attention_residual", "residual")
+        self.output_residual = HookPoint("output_residual", "residual")
+        self._name_points(f"{self.name}.", layer_index)
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        points = {f"attention.{k}": v for k, v in self.attention.hook_points().items()}
+        points.update({"intermediate": self.intermediate.hook_point,
+                       "output": self.output_dense.hook_point,
+                       "attention_ln": self.attention_ln.hook_point,
+                       "output_ln": self.output_ln.hook_point,
+                       "attention_residual": self.attention_residual,
+                       "output_residual": self.output_residual})
+        return points
 
     def build(self, input_shape):
         self.attention.build(input_shape)
@@ -333,7 +386,7 @@ class BertLayer(keras.layers.Layer):
         self.built = True
 
     def sublayer(self, hook_name: str) -> keras.layers.Layer:
-        """The sublayer behind a DESIGN.md hook name, e.g. `"attention.value"` or `"output_ln"`."""
+        """The Dense or LayerNorm behind a hook point name, e.g. `"attention.value"`."""
         try:
             return {
                 "attention.query": self.attention.query, "attention.key": self.attention.key,
@@ -345,15 +398,22 @@ class BertLayer(keras.layers.Layer):
         except KeyError:
             raise KeyError(f"unknown hook point {hook_name!r}; known: {HOOK_POINTS}") from None
 
+    @staticmethod
+    def _add_and_norm(point: HookPoint, sublayer_output, sublayer_input, layer_norm, training):
+        """BERT's residual, LayerNorm(sublayer_output + sublayer_input), unless adapters replace it."""
+        if not point.is_active():
+            return layer_norm(sublayer_output + sublayer_input)
+        return point.run(sublayer_output, sublayer_input, layer_norm, training=training)[0]
+
     def call(self, hidden, mask_bias, training=None, tokens: TokenIndex | None = None):
         attention_output = self.attention(hidden, mask_bias, training=training, tokens=tokens)
-        hidden = self.attention_residual(attention_output, hidden, layer_norm=self.attention_ln,
-                                         training=training)
+        hidden = self._add_and_norm(self.attention_residual, attention_output, hidden,
+                                    self.attention_ln, training)
         intermediate = gelu(self.intermediate(hidden, training=training))
         ffn_output = self.output_dropout(self.output_dense(intermediate, training=training),
                                          training=training)
-        return self.output_residual(ffn_output, hidden, layer_norm=self.output_ln,
-                                    training=training)
+        return self._add_and_norm(self.output_residual, ffn_output, hidden, self.output_ln,
+                                  training)
 
     def get_config(self):
         config = super().get_config()
@@ -361,7 +421,7 @@ class BertLayer(keras.layers.Layer):
                       intermediate_size=self.intermediate_size, layer_norm_eps=self.layer_norm_eps,
                       hidden_dropout=self.hidden_dropout_rate,
                       attention_dropout=self.attention_dropout_rate,
-                      initializer_range=self.initializer_range)
+                      initializer_range=self.initializer_range, layer_index=self.layer_index)
         return config
 
 
@@ -369,7 +429,7 @@ HOOK_POINTS = ("attention.query", "attention.key", "attention.value", "attention
                "intermediate", "output", "attention_ln", "output_ln")
 
 
-class BertPooler(keras.layers.Layer):
+class BertPooler(_HookOwner, keras.layers.Layer):
     """tanh(Dense(first token)), BERT's pooled output."""
 
     def __init__(self, hidden_size, initializer_range=0.02, **kwargs):
@@ -378,6 +438,10 @@ class BertPooler(keras.layers.Layer):
         self.initializer_range = initializer_range
         self.dense = HookedDense(hidden_size, kernel_initializer=_initializer(initializer_range),
                                  dtype=self.dtype_policy, name="dense")
+        self._name_points(f"{self.name}.", None)
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        return {"dense": self.dense.hook_point}
 
     def build(self, input_shape):
         self.dense.build((input_shape[0], input_shape[-1]))
@@ -401,7 +465,12 @@ class BertEncoder(keras.layers.Layer):
 
     Call it on a dict of int `[batch, seq]` tensors: `input_ids`, and optionally `attention_mask`
     (alias `padding_mask`; 1 for tokens, 0 for padding; default all ones) and `token_type_ids`
-    (default zeros). Returns `{"sequence_output": [b, s, h], "pooled_output": [b, h]}`.
+    (default zeros). Returns `{"sequence_output": [b, s, h], "pooled_output": [b, h]}`; under an
+    active setup with a `Parallel` block of `n` branches, a list of `n` such dicts, one per branch
+    (the batch is replicated once, at the first layer where an adapter of the setup acts).
+
+    The active setup (`set_active_setup`) is shared by every hook point of the encoder; see
+    `adapter_bert.bert.hooks` for the hook API.
 
     Example:
     >>> import numpy as np
@@ -437,11 +506,14 @@ class BertEncoder(keras.layers.Layer):
             BertLayer(cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size,
                       layer_norm_eps=cfg.layer_norm_eps, hidden_dropout=cfg.hidden_dropout_prob,
                       attention_dropout=cfg.attention_probs_dropout_prob,
-                      initializer_range=cfg.initializer_range, dtype=self.dtype_policy,
-                      name=f"layer_{i}")
+                      initializer_range=cfg.initializer_range, layer_index=i,
+                      dtype=self.dtype_policy, name=f"layer_{i}")
             for i in range(cfg.num_hidden_layers)]
         self.pooler = BertPooler(cfg.hidden_size, initializer_range=cfg.initializer_range,
                                  dtype=self.dtype_policy, name="pooler")
+        self._hooks = EncoderHooks()
+        for point in self.hook_points().values():
+            point.owner = self._hooks
         # Dense layers on real tokens only (see TokenIndex): about 1.9x faster training at fixed
         # 128-token padding on MRPC (bench/train_throughput.py). A plain attribute, not config: it
         # changes speed, not the function. Set it to False where shapes must be static (TPU, XLA).
@@ -452,6 +524,54 @@ class BertEncoder(keras.layers.Layer):
     @classmethod
     def from_bert_config(cls, config: BertConfig, **kwargs) -> "BertEncoder":
         return cls(**config.to_dict(), **kwargs)
+
+    # --- the hook API ----------------------------------------------------------------------------
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        """Every hook point of the encoder by path (`layer_0.attention.query`, `pooler.dense`, ...)."""
+        points = {point.path: point for point in self.embeddings.hook_points().values()}
+        for layer in self.layers:
+            points.update({point.path: point for point in layer.hook_points().values()})
+        points.update({point.path: point for point in self.pooler.hook_points().values()})
+        return points
+
+    def hook_point(self, path: str) -> HookPoint:
+        """The hook point at `path`; unknown paths are a KeyError listing the kinds of path."""
+        points = self.hook_points()
+        if path not in points:
+            raise KeyError(f"unknown hook point {path!r}; points are embeddings.layer_norm, "
+                           f"layer_<i>.<{'|'.join(self.layers[0].hook_points())}>, pooler.dense")
+        return points[path]
+
+    @property
+    def active_setup(self):
+        """The adapter name or composition block whose hooks run (None: the plain base)."""
+        return self._hooks.setup
+
+    @property
+    def skip_layers(self) -> frozenset:
+        """Layers whose hooks stay off under the active setup (AdapterDrop)."""
+        return self._hooks.skip_layers
+
+    def set_active_setup(self, setup, skip_layers=()) -> None:
+        """Makes `setup` (an adapter name, a composition block or None) decide which hooks run.
+
+        `skip_layers` are layer indices whose hooks stay off (AdapterDrop). The setup is read at
+        call time, so a function traced under one setup keeps it: retrace after a change.
+        """
+        for layer in skip_layers or ():
+            if isinstance(layer, bool) or not isinstance(layer, int) or not (
+                    0 <= layer < len(self.layers)):
+                raise ValueError(f"skip_layers must hold layer indices 0..{len(self.layers) - 1}, "
+                                 f"got {layer!r}")
+        self._hooks.set(setup, skip_layers)
+
+    def _first_adapted_layer(self) -> int | None:
+        """The first layer with a hook of the active setup (-1: the embeddings), else None."""
+        layers = [len(self.layers) if point.layer is None and point.path.startswith("pooler")
+                  else -1 if point.layer is None else point.layer
+                  for point in self.hook_points().values() if point.is_active()]
+        return min(layers) if layers else None
 
     def build(self, input_shape=None):
         shape = (None, None)
@@ -477,16 +597,43 @@ class BertEncoder(keras.layers.Layer):
         if seq_len is not None and seq_len > max_len:
             raise ValueError(f"sequence length {seq_len} is above the model's "
                              f"max_position_embeddings ({max_len})")
-        hidden, mask = self.embeddings(input_ids, token_type_ids, mask, training=training)
-        mask_bias = padding_mask_bias(mask, hidden.dtype)
-        tokens = TokenIndex(mask) if self.skip_padding and tensorflow_backend() else None
-        if tokens is not None:
-            hidden = tokens.gather(hidden)
-        for layer in self.layers:
-            hidden = layer(hidden, mask_bias, training=training, tokens=tokens)
-        if tokens is not None:
-            hidden = tokens.scatter(hidden)
-        return {"sequence_output": hidden, "pooled_output": self.pooler(hidden, training=training)}
+        replicas = self._hooks.parallel_width
+        replicate_at = self._first_adapted_layer() if replicas > 1 else None
+        use_tokens = self.skip_padding and tensorflow_backend()
+        context = ForwardContext()
+        with self._hooks.calling(context):
+            if replicate_at == -1:
+                input_ids, token_type_ids, mask = (
+                    ops.concatenate([t] * replicas, axis=0) for t in (input_ids, token_type_ids, mask))
+                context.replicas = replicas
+            hidden = self.embeddings(input_ids, token_type_ids, training=training)
+            mask_bias = padding_mask_bias(mask, hidden.dtype)
+            tokens = context.tokens = TokenIndex(mask) if use_tokens else None
+            if tokens is not None:
+                hidden = tokens.gather(hidden)
+            for index, layer in enumerate(self.layers):
+                if index == replicate_at:
+                    # A Parallel block: one copy of the batch per branch from here on, copy after
+                    # copy along axis 0 (also in token layout, where rows are tokens).
+                    hidden = ops.concatenate([hidden] * replicas, axis=0)
+                    mask = ops.concatenate([mask] * replicas, axis=0)
+                    mask_bias = ops.concatenate([mask_bias] * replicas, axis=0)
+                    tokens = context.tokens = TokenIndex(mask) if use_tokens else None
+                    context.replicas = replicas
+                hidden = layer(hidden, mask_bias, training=training, tokens=tokens)
+            if tokens is not None:
+                hidden = tokens.scatter(hidden)
+            if replicate_at == len(self.layers):
+                hidden = ops.concatenate([hidden] * replicas, axis=0)
+                context.replicas = replicas
+            pooled = self.pooler(hidden, training=training)
+        if replicas == 1:
+            return {"sequence_output": hidden, "pooled_output": pooled}
+        if replicate_at is None:  # no adapter of the setup acts anywhere: the branches agree
+            return [{"sequence_output": hidden, "pooled_output": pooled}] * replicas
+        return [{"sequence_output": h, "pooled_output": p}
+                for h, p in zip(ops.split(hidden, replicas, axis=0),
+                                ops.split(pooled, replicas, axis=0))]
 
     def get_config(self):
         config = super().get_config()

@@ -1,9 +1,12 @@
 """What every method shares: `AdapterMethod`, one method's weights for one adapter over the encoder.
 
 A method is a config (a dataclass in its module) plus a Keras layer that owns the new weights and
-knows where they plug into the frozen base (`attach` / `detach` install and remove hooks; see
-`adapter_bert.bert.encoder`). `AdapterModule` composes the methods of one named adapter, so a
-`ConfigUnion` such as MAM (prefix tuning + parallel adapter) is simply two methods attached together.
+says where they plug into the frozen base: `placements(encoder)` lists `(hook point path, hook)`
+pairs, and `attach` / `detach` register and unregister them under the adapter's name through the
+encoder's hook API (`adapter_bert.bert.hooks`). Whether they run is the active setup's business,
+not the method's. `AdapterModule` (in `adapter_bert.model`) holds the methods of one named adapter,
+so a `ConfigUnion` such as MAM (prefix tuning + parallel adapter) is simply two methods attached
+under one name.
 """
 
 from __future__ import annotations
@@ -59,8 +62,9 @@ class AdapterMethod(keras.layers.Layer):
     """Base class: the weights of one method for one adapter, and how they hook into the encoder.
 
     Subclasses create their sublayers in `__init__` (built eagerly, so weights exist before the
-    first call) and implement `attach` / `detach`. Methods that can fold themselves into the base
-    weights (LoRA, (IA)^3) implement `merge` / `reset`.
+    first call) and implement `placements`; `attach` / `detach` register those hooks through the
+    encoder's hook API and nothing else. Methods that can fold themselves into the base weights
+    (LoRA, (IA)^3) implement `merge` / `reset`.
     """
 
     #: True for full fine-tuning: the base's own weights are what this method trains.
@@ -76,14 +80,37 @@ class AdapterMethod(keras.layers.Layer):
 
     def layer_indices(self) -> list[int]:
         """The encoder layers this method acts on (all but `leave_out`)."""
-        leave_out = set(getattr(self.config, "leave_out", ()) or ())
-        return [i for i in range(self.bert_config.num_hidden_layers) if i not in leave_out]
+        return self.config.layers(self.bert_config.num_hidden_layers)
 
-    def attach(self, encoder) -> None:
+    def placements(self) -> list[tuple[str, object]]:
+        """`(hook point path, hook)` for every hook of this method (see `BertEncoder.hook_points`)."""
         raise NotImplementedError
 
-    def detach(self, encoder) -> None:
-        raise NotImplementedError
+    def supported_blocks(self) -> frozenset:
+        """The composition blocks (`block_type`s) every hook of this method can be walked through."""
+        blocks = None
+        for _, hook in self.placements():
+            hook_blocks = frozenset(hook.composer.supported_blocks)
+            blocks = hook_blocks if blocks is None else blocks & hook_blocks
+        return blocks if blocks is not None else frozenset(
+            ("stack", "parallel", "batch_split", "average", "split", "fuse"))
+
+    def attach(self, encoder, adapter: str) -> None:
+        """Registers every hook under `adapter`; on an error none stays registered."""
+        done = []
+        try:
+            for path, hook in self.placements():
+                encoder.hook_point(path).add(adapter, hook)
+                done.append((path, hook))
+        except Exception:
+            for path, hook in done:
+                encoder.hook_point(path).remove(adapter, hook)
+            raise
+
+    def detach(self, encoder, adapter: str) -> None:
+        """Unregisters every hook of this method under `adapter` (a KeyError if one is missing)."""
+        for path, hook in self.placements():
+            encoder.hook_point(path).remove(adapter, hook)
 
     def merge(self, encoder) -> None:
         raise TypeError(f"{type(self).__name__} cannot be merged into the base weights "
@@ -110,16 +137,3 @@ class AdapterMethod(keras.layers.Layer):
         adapter_config = AdapterConfig.load(config.pop("adapter_config"))
         bert_config = BertConfig.from_dict(config.pop("bert_config"))
         return cls(adapter_config, bert_config, **config)
-
-
-def install_hook(hook_list, hook) -> None:
-    if any(h is hook for h in hook_list):
-        raise RuntimeError(f"{hook.name if hasattr(hook, 'name') else hook} is attached already")
-    hook_list.append(hook)
-
-
-def remove_hook(hook_list, hook) -> None:
-    for i, h in enumerate(hook_list):
-        if h is hook:
-            del hook_list[i]
-            return

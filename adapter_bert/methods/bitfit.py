@@ -25,8 +25,10 @@ import dataclasses
 import keras
 from keras import ops
 
+from adapter_bert.bert.hooks import OutputComposer
 from adapter_bert.configuration import AdapterConfig
-from adapter_bert.methods.base import AdapterMethod, install_hook, remove_hook
+from adapter_bert.methods.base import AdapterMethod
+from adapter_bert.methods.registry import register_method
 
 _DENSE_POINTS = ("attention.query", "attention.key", "attention.value", "attention.output",
                  "intermediate", "output")
@@ -39,8 +41,17 @@ class BitFitConfig(AdapterConfig):
     architecture = "bitfit"
 
 
+class BitFitComposer(OutputComposer):
+    """Bias offsets combine like any output hook, and run first at a point: they belong to the
+    base layer's own bias, which (IA)^3 then rescales like the rest of the layer's output."""
+
+    priority = 0
+
+
 class BiasOffset(keras.layers.Layer):
     """A trained offset added to a frozen layer's output: `hook(x, y) = y + offset`."""
+
+    composer = BitFitComposer
 
     def __init__(self, units: int, **kwargs):
         super().__init__(**kwargs)
@@ -69,31 +80,24 @@ class BitFitMethod(AdapterMethod):
     def __init__(self, config: BitFitConfig, bert_config, **kwargs):
         super().__init__(config, bert_config, **kwargs)
         sizes = {"intermediate": bert_config.intermediate_size}
-        self.placements, self.offsets = [], []
+        self.locations, self.offsets = [], []
         for i in range(bert_config.num_hidden_layers):
             for point in _DENSE_POINTS + _NORM_POINTS:
-                self.placements.append((i, point))
+                self.locations.append((i, point))
                 self.offsets.append(BiasOffset(sizes.get(point, bert_config.hidden_size),
                                                dtype=self.dtype_policy,
                                                name=f"layer_{i}_{point.replace('.', '_')}"))
         for point in ("pooler", "embeddings_ln"):
-            self.placements.append((None, point))
+            self.locations.append((None, point))
             self.offsets.append(BiasOffset(bert_config.hidden_size, dtype=self.dtype_policy,
                                            name=point))
         self.built = True
 
-    @staticmethod
-    def _target(encoder, layer, point):
-        if point == "pooler":
-            return encoder.pooler.dense
-        if point == "embeddings_ln":
-            return encoder.embeddings.layer_norm
-        return encoder.layers[layer].sublayer(point)
+    def placements(self):
+        paths = {"pooler": "pooler.dense", "embeddings_ln": "embeddings.layer_norm"}
+        return [(paths[point] if layer is None else f"layer_{layer}.{point}", offset)
+                for (layer, point), offset in zip(self.locations, self.offsets)]
 
-    def attach(self, encoder) -> None:
-        for (layer, point), offset in zip(self.placements, self.offsets):
-            install_hook(self._target(encoder, layer, point).hooks, offset)
 
-    def detach(self, encoder) -> None:
-        for (layer, point), offset in zip(self.placements, self.offsets):
-            remove_hook(self._target(encoder, layer, point).hooks, offset)
+register_method(BitFitConfig, BitFitMethod, identifiers={"bitfit": BitFitConfig()},
+                presets={"bitfit": "bitfit"})

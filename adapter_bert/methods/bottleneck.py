@@ -3,9 +3,11 @@
 An adapter projects a sublayer's output down to `hidden_size // reduction_factor`, applies a
 non-linearity, projects back up and adds a residual (Houlsby et al. 2019, section 2.1). It replaces
 the "add and LayerNorm" after a sublayer, i.e. it sits after the output projection and dropout and
-before the residual add (`BertLayer.attention_residual` / `output_residual`). The placement options
+before the residual add (the hook points `layer_<i>.attention_residual` / `output_residual`). The placement options
 (`original_ln_before`, `residual_before_ln`, ...) have the meaning of the adapters library's
-`BnConfig`, so a config trained there describes the same computation here.
+`BnConfig`, so a config trained there describes the same computation here. Each adapter is a hook
+at a `residual` point of the encoder; `BottleneckComposer` says how several of them combine under
+a composition block.
 
 `task_layer_norm=True` gives the adapter its own copies of the LayerNorms it passes through,
 initialised from the pretrained ones: Houlsby et al. train "new layer normalization parameters per
@@ -23,15 +25,17 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Union
+from typing import Any, NamedTuple, Union
 
 import keras
 from keras import ops
 
 from adapter_bert.bert.fast_ops import LayerNorm
+from adapter_bert.bert.hooks import Composer
 from adapter_bert.configuration import AdapterConfig
 from adapter_bert.methods.base import (ACTIVATIONS, AdapterMethod, check_activation,
                                        check_leave_out)
+from adapter_bert.methods.registry import register_method
 
 INIT_WEIGHTS = ("bert", "houlsby", "mam_adapter")
 
@@ -83,6 +87,10 @@ class BnConfig(AdapterConfig):
     task_layer_norm: bool = False
 
     architecture = "bottleneck"
+    location_flags = ("mh_adapter", "output_adapter")
+    combines_at_other_locations = True
+    union_label = "bottleneck adapters"
+    variant_fields = ("scaling",)
     # The library's invertible, cross-attention, Compacter (PHM) and stochastic-depth variants and
     # its init seed: adapter_bert has none of them.
     library_only = {
@@ -187,10 +195,101 @@ def _kernel_initializers(init_weights: str, fan_in: int):
     return keras.initializers.RandomUniform(-bound, bound), keras.initializers.Zeros()
 
 
+class BottleneckState(NamedTuple):
+    """What bottleneck adapters pass along inside one residual hook point.
+
+    `hidden` is the adapter input or output, `residual` the adapter's own residual, `x` the
+    sublayer input (the transformer residual), `h` the sublayer output the point started from,
+    `up` the last adapter's scaled up-projection (what AdapterFusion attends over).
+    """
+
+    hidden: Any
+    residual: Any
+    x: Any
+    h: Any
+    up: Any = None
+    last: Any = None
+
+
+class BottleneckComposer(Composer):
+    """How bottleneck adapters combine at a `residual` point (the adapters library's rules).
+
+    Each adapter acts in three steps: `pre_forward` (its LayerNorm placement and residual),
+    the bottleneck itself, and `post_forward` (the transformer residual and LayerNorm), which
+    only the last adapter of a run applies. So `Stack(a, b)` is a's pre_forward and bottleneck,
+    then b's pre_forward and bottleneck on a's output, then b's post_forward; for Pfeiffer
+    adapters (`original_ln_before`) each stacked adapter adds the sublayer input and applies the
+    LayerNorm again, as in the library. `Average` averages the adapters' outputs (after their
+    own residual) before the last member's post_forward.
+    """
+
+    kinds = ("residual",)
+    supported_blocks = ("stack", "parallel", "batch_split", "average", "split")
+    row_aligned = ("hidden", "residual", "x", "h", "up")
+    averaged = ("hidden",)
+
+    def start(self, point_state):
+        h, x, self.layer_norm = point_state
+        return BottleneckState(hidden=h, residual=x, x=x, h=h)
+
+    def pre(self, name, adapter, state):
+        hidden, residual = adapter.pre_forward(state.hidden, state.x, self.layer_norm)
+        return state._replace(hidden=hidden, residual=residual)
+
+    def single(self, name, adapter, state):
+        hidden, up = adapter.adapter_forward(state.hidden, state.residual, training=self.training)
+        return state._replace(hidden=hidden, up=up, last=name)
+
+    def average(self, states, weights, state):
+        averaged = super().average(states, weights, state)
+        return averaged._replace(last=self.averaged_last(states, weights))
+
+    def finish(self, state):
+        last = state.last
+        if last is None:  # no adapter ran on these rows
+            return (self.layer_norm(state.hidden + state.x),)
+        if isinstance(last, str):
+            return (self.hooks[last].post_forward(state.hidden, state.h, state.x, self.layer_norm),)
+        # An Average: the last member's post_forward, as in the library; where members bring
+        # their own LayerNorms (task_layer_norm), the weighted mean of those LayerNorms, so that
+        # weights [1, 0] give the first member exactly.
+        members = list(last[1])
+        final = _final_adapter(last)
+        if final is None:
+            return (self.layer_norm(state.hidden + state.x),)
+        adapter = self.hooks[final]
+        names = [n for n, _ in members]
+        if not all(isinstance(n, str) for n in names) or all(
+                self.hooks[n].task_layer_norm is None for n in names):
+            return (adapter.post_forward(state.hidden, state.h, state.x, self.layer_norm),)
+        total = sum(w for _, w in members) or 1.0
+        norms = [(self.hooks[n]._norm(self.layer_norm), w / total) for n, w in members]
+
+        def blended(z):
+            return sum(norm(z) * ops.cast(w, z.dtype) for norm, w in norms)
+
+        return (adapter.post_forward(state.hidden, state.h, state.x, self.layer_norm, norm=blended),)
+
+    def fill(self, field, state):
+        return ops.zeros_like(state.hidden)
+
+
+def _final_adapter(last):
+    """The adapter applied last in a walk's `last` (which nests for blocks inside an Average)."""
+    while last is not None and not isinstance(last, str):
+        kind, groups = last
+        last = groups[-1][0] if kind == "average" else groups[-1][-1]
+    return last
+
+
 class BottleneckAdapter(keras.layers.Layer):
     """One bottleneck adapter at one location: the replacement for a sublayer's add-and-LayerNorm.
 
-    Called as `adapter(sublayer_output, sublayer_input, layer_norm, training)` by `BertLayer`.
+    It acts in the adapters library's three steps, which `BottleneckComposer` strings together
+    when several adapters are active: `pre_forward` (LayerNorm placement, the adapter's
+    residual), `adapter_forward` (down, non-linearity, up, scaling, dropout, residual) and
+    `post_forward` (the transformer's residual and LayerNorm). Called alone,
+    `adapter(sublayer_output, sublayer_input, layer_norm)` runs all three.
 
     Args:
         hidden_size: width of the residual stream.
@@ -198,6 +297,8 @@ class BottleneckAdapter(keras.layers.Layer):
         config: the `BnConfig` that decides placement, init and scaling.
         layer_norm_eps: epsilon of the task LayerNorm copies (the base's own epsilon).
     """
+
+    composer = BottleneckComposer
 
     def __init__(self, hidden_size: int, bottleneck_size: int, config: BnConfig,
                  layer_norm_eps: float = 1e-12, **kwargs):
@@ -245,42 +346,60 @@ class BottleneckAdapter(keras.layers.Layer):
             self.task_layer_norm.gamma.assign(base_norm.gamma)
             self.task_layer_norm.beta.assign(base_norm.beta)
 
-    def _bottleneck(self, x, training):
-        if self.adapter_norm_before is not None:
-            x = self.adapter_norm_before(x)
-        up = self.up(self.activation(self.down(x)))
-        scaling = self.adapter_config.scaling
-        up = up * (ops.cast(self.scale, up.dtype) if self.scale is not None else scaling)
-        return self.dropout(up, training=training)
+    def _norm(self, layer_norm):
+        return self.task_layer_norm if self.task_layer_norm is not None else layer_norm
 
-    def call(self, sublayer_output, sublayer_input, layer_norm, training=None):
+    def pre_forward(self, hidden, sublayer_input, layer_norm):
+        """`(adapter input, adapter residual)` from the current hidden state."""
         cfg = self.adapter_config
-        norm = self.task_layer_norm if self.task_layer_norm is not None else layer_norm
         if cfg.is_parallel:
-            out = self._bottleneck(sublayer_input, training)
-            if self.adapter_norm_after is not None:
-                out = self.adapter_norm_after(out)
-            hidden = out + sublayer_output
-            return norm(hidden + sublayer_input) if cfg.original_ln_after else hidden
-
-        hidden, residual = sublayer_output, None
-        if cfg.residual_before_ln is True:
-            residual = hidden
+            return sublayer_input, sublayer_input
+        residual = hidden if cfg.residual_before_ln is True else None
         if cfg.original_ln_before:
             hidden = hidden + sublayer_input
             if cfg.residual_before_ln == "post_add":
                 residual = hidden
-            hidden = norm(hidden)
+            hidden = self._norm(layer_norm)(hidden)
         if cfg.residual_before_ln is False or residual is None:
             residual = hidden
-        out = self._bottleneck(hidden, training)
+        return hidden, residual
+
+    def adapter_forward(self, x, residual, training=None):
+        """`(output, up)`: the bottleneck on `x` with the adapter's residual (none when parallel)."""
+        cfg = self.adapter_config
+        if self.adapter_norm_before is not None:
+            x = self.adapter_norm_before(x)
+        up = self.up(self.activation(self.down(x)))
+        up = up * (ops.cast(self.scale, up.dtype) if self.scale is not None else cfg.scaling)
+        out = self.dropout(up, training=training)
+        if cfg.is_parallel:
+            if self.adapter_norm_after is not None:
+                out = self.adapter_norm_after(out)
+            return out, up
         if cfg.adapter_residual_before_ln:
             out = out + residual
         if self.adapter_norm_after is not None:
             out = self.adapter_norm_after(out)
         if not cfg.adapter_residual_before_ln:
             out = out + residual
-        return norm(out + sublayer_input) if cfg.original_ln_after else out
+        return out, up
+
+    def post_forward(self, hidden, sublayer_output, sublayer_input, layer_norm, norm=None):
+        """The transformer residual (and the sublayer output, for a parallel adapter).
+
+        `norm` replaces the LayerNorm this adapter would apply (an `Average`'s blend).
+        """
+        cfg = self.adapter_config
+        if cfg.is_parallel:
+            hidden = hidden + sublayer_output
+        if not cfg.original_ln_after:
+            return hidden
+        return (norm or self._norm(layer_norm))(hidden + sublayer_input)
+
+    def call(self, sublayer_output, sublayer_input, layer_norm, training=None):
+        hidden, residual = self.pre_forward(sublayer_output, sublayer_input, layer_norm)
+        hidden, _ = self.adapter_forward(hidden, residual, training=training)
+        return self.post_forward(hidden, sublayer_output, sublayer_input, layer_norm)
 
     def get_config(self):
         config = super().get_config()
@@ -295,6 +414,7 @@ class BottleneckAdapter(keras.layers.Layer):
         return cls(**config)
 
 
+# Each config flag's hook point and the base LayerNorm a task copy starts from.
 _LOCATIONS = {"mh_adapter": ("attention_residual", "attention_ln"),
               "output_adapter": ("output_residual", "output_ln")}
 
@@ -306,37 +426,78 @@ class BottleneckMethod(AdapterMethod):
         super().__init__(config, bert_config, **kwargs)
         if config.use_gating:
             raise NotImplementedError("use_gating (UniPELT gates) is not implemented yet")
-        self.placements = []  # (layer index, residual attribute, base LayerNorm attribute)
+        self.locations = []  # (layer index, hook point, base LayerNorm)
         self.adapters = []
         for i in self.layer_indices():
             size = config.bottleneck_size(i, bert_config.hidden_size)
-            for flag, (residual_attr, norm_attr) in _LOCATIONS.items():
+            for flag, (point, norm) in _LOCATIONS.items():
                 if getattr(config, flag):
                     self.adapters.append(BottleneckAdapter(
                         bert_config.hidden_size, size, config,
                         layer_norm_eps=bert_config.layer_norm_eps, dtype=self.dtype_policy,
                         name=f"layer_{i}_{flag}"))
-                    self.placements.append((i, residual_attr, norm_attr))
+                    self.locations.append((i, point, norm))
         self.built = True
 
     def init_from_base(self, encoder) -> None:
         """Initialises the task LayerNorm copies from the pretrained LayerNorms."""
-        for adapter, (i, _, norm_attr) in zip(self.adapters, self.placements):
-            adapter.init_task_layer_norm(getattr(encoder.layers[i], norm_attr))
+        for adapter, (i, _, norm) in zip(self.adapters, self.locations):
+            adapter.init_task_layer_norm(getattr(encoder.layers[i], norm))
 
-    def attach(self, encoder) -> None:
-        from adapter_bert.bert.encoder import add_and_norm
+    def placements(self):
+        return [(f"layer_{i}.{point}", adapter)
+                for adapter, (i, point, _) in zip(self.adapters, self.locations)]
 
-        for adapter, (i, residual_attr, _) in zip(self.adapters, self.placements):
-            layer = encoder.layers[i]
-            if getattr(layer, residual_attr) is not add_and_norm:
-                raise ValueError(f"layer {i} already has an active bottleneck adapter at "
-                                 f"{residual_attr}; activate one bottleneck adapter per location")
-            object.__setattr__(layer, residual_attr, adapter)
 
-    def detach(self, encoder) -> None:
-        from adapter_bert.bert.encoder import add_and_norm
+# --- the training command's presets -----------------------------------------------------------
 
-        for adapter, (i, residual_attr, _) in zip(self.adapters, self.placements):
-            if getattr(encoder.layers[i], residual_attr) is adapter:
-                object.__setattr__(encoder.layers[i], residual_attr, add_and_norm)
+#: Houlsby et al.'s width when `--bottleneck_size` is not given.
+HOULSBY_DEFAULT_BOTTLENECK = 64
+
+
+def _reduction_factor(hidden_size: int, bottleneck_size: int) -> float:
+    if bottleneck_size <= 0 or bottleneck_size > hidden_size:
+        raise ValueError(f"bottleneck_size must be in 1..{hidden_size} (the hidden size), "
+                         f"got {bottleneck_size}")
+    return hidden_size / bottleneck_size
+
+
+def houlsby_preset(hidden_size: int, bottleneck_size: int | None = None,
+                   non_linearity: str | None = None) -> str:
+    """`--method houlsby`, the paper's setup: adapters after attention and feed-forward,
+    near-identity init (std 1e-2) and per-task LayerNorm copies; `--bottleneck_size` sets the width.
+
+    Example:
+    >>> houlsby_preset(768, bottleneck_size=64, non_linearity="gelu")
+    "double_seq_bn[reduction_factor=12.0, non_linearity='gelu', init_weights='houlsby', task_layer_norm=True]"
+    """
+    size = bottleneck_size or HOULSBY_DEFAULT_BOTTLENECK
+    return (f"double_seq_bn[reduction_factor={_reduction_factor(hidden_size, size)}, "
+            f"non_linearity={non_linearity or 'gelu'!r}, init_weights='houlsby', "
+            "task_layer_norm=True]")
+
+
+def pfeiffer_preset(hidden_size: int, bottleneck_size: int | None = None,
+                    non_linearity: str | None = None) -> str:
+    """`--method pfeiffer`: `seq_bn`, resized by `--bottleneck_size` and `--non_linearity` if given.
+
+    Example:
+    >>> pfeiffer_preset(768), pfeiffer_preset(768, bottleneck_size=48)
+    ('seq_bn', 'seq_bn[reduction_factor=16.0]')
+    """
+    options = []
+    if bottleneck_size:
+        options.append(f"reduction_factor={_reduction_factor(hidden_size, bottleneck_size)}")
+    if non_linearity:
+        options.append(f"non_linearity={non_linearity!r}")
+    return "seq_bn" + (f"[{', '.join(options)}]" if options else "")
+
+
+register_method(
+    BnConfig, BottleneckMethod, config_classes=(SeqBnConfig, DoubleSeqBnConfig, ParBnConfig),
+    identifiers={"seq_bn": SeqBnConfig(), "double_seq_bn": DoubleSeqBnConfig(),
+                 "par_bn": ParBnConfig(), "scaled_par_bn": ParBnConfig(scaling="learned"),
+                 # The adapters library's older names, still accepted there.
+                 "pfeiffer": SeqBnConfig(), "houlsby": DoubleSeqBnConfig(),
+                 "parallel": ParBnConfig(), "scaled_parallel": ParBnConfig(scaling="learned")},
+    presets={"houlsby": houlsby_preset, "pfeiffer": pfeiffer_preset, "parallel": "par_bn"})

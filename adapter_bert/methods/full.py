@@ -21,6 +21,7 @@ import dataclasses
 
 from adapter_bert.configuration import AdapterConfig
 from adapter_bert.methods.base import AdapterMethod
+from adapter_bert.methods.registry import register_method
 
 
 @dataclasses.dataclass(eq=True)
@@ -39,11 +40,12 @@ class FullFinetuningMethod(AdapterMethod):
         super().__init__(config, bert_config, **kwargs)
         self.built = True
 
-    def attach(self, encoder) -> None:
-        pass
-
-    def detach(self, encoder) -> None:
-        pass
+    def placements(self):
+        return []
 
     def base_variables(self, encoder) -> list:
         return list(encoder.weights)
+
+
+register_method(FullFinetuningConfig, FullFinetuningMethod, identifiers={"full": FullFinetuningConfig()},
+                presets={"full": "full"})

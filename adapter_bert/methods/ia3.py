@@ -26,7 +26,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from adapter_bert.methods.lora import DenseHookMethod, LoRAConfig
+from adapter_bert.methods.lora import DenseHookMethod, LoRAComposer, LoRAConfig
+from adapter_bert.methods.registry import register_method
 
 
 @dataclasses.dataclass(eq=True)
@@ -50,7 +51,9 @@ _INITIALIZERS = {"ia3": lambda: "ones", "lora": lambda: "zeros",
 
 
 class IA3Scale(keras.layers.Layer):
-    """A learned per-channel scale of one Dense layer's output: `hook(x, y) = alpha * l * y`.
+    """A learned per-channel scale of one Dense layer's output: `alpha * l * y`.
+
+    A hook at a `dense` point, composed with LoRA's rules (`LoRAComposer`).
 
     Args:
         output_dim: the wrapped Dense layer's output size.
@@ -58,11 +61,16 @@ class IA3Scale(keras.layers.Layer):
         init_weights: "ia3" (ones), "lora" (zeros) or "bert" (normal, std 0.02).
     """
 
-    def __init__(self, output_dim: int, alpha: float = 1.0, init_weights: str = "ia3", **kwargs):
+    composer = LoRAComposer
+
+    def __init__(self, output_dim: int, alpha: float = 1.0, init_weights: str = "ia3",
+                 input_dim: int | None = None, **kwargs):
         if init_weights not in _INITIALIZERS:
             raise ValueError(f"init_weights must be 'lora', 'bert' or 'ia3', got {init_weights!r}")
         super().__init__(**kwargs)
         self.output_dim, self.alpha, self.init_weights = output_dim, alpha, init_weights
+        # A stacked (IA)^3 scales the running update elementwise, which any width allows.
+        self.input_dim = output_dim if input_dim is None else input_dim
         self._backup = None
         self.build(None)
 
@@ -71,8 +79,17 @@ class IA3Scale(keras.layers.Layer):
                                      initializer=_INITIALIZERS[self.init_weights](), name="scale")
         self.built = True
 
+    def update(self, source, first: bool = True, training=None):
+        """`alpha * l`, or the running update of a `Stack` times it (the vectors multiply)."""
+        vector = ops.cast(self.scale, source.dtype) * ops.cast(self.alpha, source.dtype)
+        return vector if first else source * vector
+
+    @staticmethod
+    def combine(y, update):
+        return y * update
+
     def call(self, x, y, training=None):
-        return y * (ops.cast(self.scale, y.dtype) * ops.cast(self.alpha, y.dtype))
+        return self.combine(y, self.update(y, training=training))
 
     def merge_into(self, dense) -> None:
         factor = np.asarray(self.scale.numpy(), np.float64) * self.alpha
@@ -88,7 +105,8 @@ class IA3Scale(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(output_dim=self.output_dim, alpha=self.alpha, init_weights=self.init_weights)
+        config.update(output_dim=self.output_dim, alpha=self.alpha, init_weights=self.init_weights,
+                      input_dim=self.input_dim)
         return config
 
 
@@ -108,3 +126,7 @@ class IA3Method(DenseHookMethod):
     def make_hook(self, input_dim: int, output_dim: int, name: str) -> keras.layers.Layer:
         return IA3Scale(output_dim, alpha=self.config.alpha, init_weights=self.config.init_weights,
                         dtype=self.dtype_policy, name=name)
+
+
+register_method(IA3Config, IA3Method, identifiers={"ia3": IA3Config()}, presets={"ia3": "ia3"},
+                selects=lambda values: values.get("composition_mode") == "scale")

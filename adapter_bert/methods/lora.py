@@ -8,6 +8,11 @@ kept while merged, so reset is bit-exact rather than a subtraction with rounding
 Targets follow the adapters library's `LoRAConfig`: `selfattn_lora` with `attn_matrices` (q, k, v),
 `intermediate_lora` (the FFN's first Dense) and `output_lora` (the FFN's second Dense).
 
+Several LoRA / (IA)^3 adapters at one Dense layer combine as in the adapters library
+(`LoRAComposer`): `Stack(a, b)` feeds `a`'s update into `b` (`y = Wx + b + s_b B_b A_b (s_a B_a A_a
+x)`; for (IA)^3 the vectors multiply), `Average` averages the updates, and the last adapter says
+whether the update is added (LoRA) or multiplies the output ((IA)^3).
+
 Example:
 >>> from adapter_bert import AdapterBertModel
 >>> from adapter_bert.testing import tiny_bert_config
@@ -19,13 +24,16 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
 from keras import ops
 
+from adapter_bert.bert.hooks import Composer
 from adapter_bert.configuration import AdapterConfig
-from adapter_bert.methods.base import AdapterMethod, check_leave_out, install_hook, remove_hook
+from adapter_bert.methods.base import AdapterMethod, check_leave_out
+from adapter_bert.methods.registry import register_method
 
 _ATTN_TARGETS = {"q": "attention.query", "k": "attention.key", "v": "attention.value"}
 
@@ -63,6 +71,8 @@ class LoRAConfig(AdapterConfig):
     use_gating: bool = False
 
     architecture = "lora"
+    location_flags = ("selfattn_lora", "intermediate_lora", "output_lora")
+    union_label = "LoRA / (IA)^3 configs"
     # The library's init seed, DoRA, VeRA and reduced-precision variants: adapter_bert has none.
     library_only = {"init_weights_seed": None, "use_dora": False, "vera_d": None, "vera_b": None,
                     "dtype": None}
@@ -96,8 +106,67 @@ class LoRAConfig(AdapterConfig):
         return points
 
 
+class LoRAState(NamedTuple):
+    """A Dense layer's input `x`, output `y`, and the update of the adapters run so far."""
+
+    x: Any
+    update: Any
+    y: Any
+    last: Any = None
+
+
+class LoRAComposer(Composer):
+    """How LoRA and (IA)^3 adapters combine at a `dense` point (the adapters library's rules).
+
+    Each adapter maps the running update (or, first, the layer input) to a new one: LoRA to
+    `s B A u`, (IA)^3 to `u * alpha * l`. The last adapter applied combines it with the output:
+    LoRA adds it, (IA)^3 multiplies. `Average` averages the updates.
+    """
+
+    kinds = ("dense",)
+    supported_blocks = ("stack", "parallel", "batch_split", "average", "split")
+    row_aligned = ("x", "update", "y")
+    averaged = ("update",)
+
+    def start(self, point_state):
+        x, y = point_state
+        return LoRAState(x=x, update=None, y=y)
+
+    def single(self, name, hook, state):
+        source = state.x if state.update is None else state.update
+        if state.update is not None and hook.input_dim != hook.output_dim:
+            raise ValueError(f"Stack chains LoRA updates (as the adapters library does), which "
+                             f"needs a square layer; {self.point.path} maps {hook.input_dim} to "
+                             f"{hook.output_dim}")
+        return state._replace(update=hook.update(source, first=state.update is None,
+                                                 training=self.training), last=name)
+
+    def finish(self, state):
+        if state.last is None:
+            return state.x, state.y
+        return state.x, self.hooks[state.last].combine(state.y, state.update)
+
+    def _cut(self, state, begin, end):
+        return super()._cut(self._full(state), begin, end)
+
+    def concat_states(self, states, state):
+        return super().concat_states([self._full(s) for s in states], state)
+
+    @staticmethod
+    def _full(state):
+        # (IA)^3 keeps its update a [units] vector while nothing cuts the batch; cut needs rows.
+        if state.update is not None and len(state.update.shape) < len(state.y.shape):
+            return state._replace(update=ops.ones_like(state.y) * state.update)
+        return state
+
+    def fill(self, field, state):
+        return ops.zeros_like(state.y)
+
+
 class LoRADense(keras.layers.Layer):
-    """The low-rank update of one Dense layer: `hook(x, y) = y + scaling * B(A(dropout(x)))`.
+    """The low-rank update of one Dense layer: `y + scaling * B(A(dropout(x)))`.
+
+    A hook at a `dense` point (`LoRAComposer`); `layer(x, y)` applies it alone.
 
     Args:
         input_dim / output_dim: the wrapped Dense layer's sizes.
@@ -105,6 +174,8 @@ class LoRADense(keras.layers.Layer):
         dropout: dropout rate on `x`.
         init_weights: "lora", "bert" or "ia3" (see `LoRAConfig`).
     """
+
+    composer = LoRAComposer
 
     def __init__(self, input_dim: int, output_dim: int, r: int = 8, alpha: float = 8,
                  dropout: float = 0.0, init_weights: str = "lora", **kwargs):
@@ -132,10 +203,19 @@ class LoRADense(keras.layers.Layer):
         self.lora_B = self.add_weight(shape=(self.r, self.output_dim), initializer=b_init, name="lora_B")
         self.built = True
 
+    def update(self, source, first: bool = True, training=None):
+        """`scaling * B A dropout(source)`: the update of the layer input (or of a stacked update)."""
+        source = self.dropout(source, training=training)
+        update = ops.matmul(ops.matmul(source, ops.cast(self.lora_A, source.dtype)),
+                            ops.cast(self.lora_B, source.dtype))
+        return update * ops.cast(self.scaling, update.dtype)
+
+    @staticmethod
+    def combine(y, update):
+        return y + update
+
     def call(self, x, y, training=None):
-        x = self.dropout(x, training=training)
-        update = ops.matmul(ops.matmul(x, ops.cast(self.lora_A, x.dtype)), ops.cast(self.lora_B, x.dtype))
-        return y + ops.cast(self.scaling, y.dtype) * update
+        return self.combine(y, self.update(x, training=training))
 
     def delta(self) -> np.ndarray:
         return self.scaling * (np.asarray(self.lora_A.numpy(), np.float64)
@@ -170,12 +250,12 @@ class DenseHookMethod(AdapterMethod):
                  "attention.value": (bert_config.hidden_size,) * 2,
                  "intermediate": (bert_config.hidden_size, bert_config.intermediate_size),
                  "output": (bert_config.intermediate_size, bert_config.hidden_size)}
-        self.placements, self.hooks = [], []
+        self.locations, self.hooks = [], []
         for i in self.layer_indices():
             for point in config.hook_points():
                 name = f"layer_{i}_{point.replace('.', '_')}"
                 self.hooks.append(self.make_hook(*sizes[point], name=name))
-                self.placements.append((i, point))
+                self.locations.append((i, point))
         self.built = True
 
     def make_hook(self, input_dim: int, output_dim: int, name: str) -> keras.layers.Layer:
@@ -183,42 +263,40 @@ class DenseHookMethod(AdapterMethod):
         return LoRADense(input_dim, output_dim, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
                          init_weights=cfg.init_weights, dtype=self.dtype_policy, name=name)
 
+    def placements(self):
+        return [(f"layer_{i}.{point}", hook) for hook, (i, point) in zip(self.hooks, self.locations)]
+
     def _targets(self, encoder):
-        for hook, (i, point) in zip(self.hooks, self.placements):
+        for hook, (i, point) in zip(self.hooks, self.locations):
             yield hook, encoder.layers[i].sublayer(point)
 
-    def attach(self, encoder) -> None:
+    def merge(self, encoder, adapter: str) -> None:
+        """Folds every update into its Dense kernel and unregisters the hooks (they would count twice)."""
         if self.merged:
-            return  # already inside the base weights
-        for hook, dense in self._targets(encoder):
-            install_hook(dense.hooks, hook)
-
-    def detach(self, encoder) -> None:
-        for hook, dense in self._targets(encoder):
-            remove_hook(dense.hooks, hook)
-
-    def merge(self, encoder) -> None:
-        if self.merged:
-            raise ValueError(f"adapter {self.name} is merged already")
-        for _, dense in self._targets(encoder):
+            raise ValueError(f"adapter {adapter!r} is merged already")
+        targets = list(self._targets(encoder))
+        for _, dense in targets:
             # One merged update per Dense: a second one would be baked into the first's backup.
-            owner = getattr(dense, "_merged_by", None)
-            if owner is not None:
-                raise ValueError(f"{dense.name} already holds merged adapter {owner!r}; "
-                                 "reset it first")
-        self.detach(encoder)
-        for hook, dense in self._targets(encoder):
+            if dense.merged_adapter is not None:
+                dense.merge_kernel(adapter)  # raises, naming the adapter merged there
+        self.detach(encoder, adapter)
+        for hook, dense in targets:
             hook.merge_into(dense)
-            object.__setattr__(dense, "_merged_by", self.path or self.name)
+            dense.merge_kernel(adapter)
         self.merged = True
 
-    def reset(self, encoder) -> None:
+    def reset(self, encoder, adapter: str) -> None:
+        """Restores the kept kernels exactly and registers the hooks again."""
         if not self.merged:
-            raise ValueError(f"adapter {self.name} is not merged")
+            raise ValueError(f"adapter {adapter!r} is not merged")
         for hook, dense in self._targets(encoder):
             hook.reset(dense)
-            object.__setattr__(dense, "_merged_by", None)
+            dense.unmerge_kernel(adapter)
         self.merged = False
+        self.attach(encoder, adapter)
 
 
 LoRAMethod = DenseHookMethod
+
+register_method(LoRAConfig, LoRAMethod, identifiers={"lora": LoRAConfig()}, presets={"lora": "lora"},
+                selects=lambda values: values.get("composition_mode", "add") != "scale")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from adapter_bert.configuration import ConfigUnion
 from adapter_bert.methods.bottleneck import BnConfig, ParBnConfig
 from adapter_bert.methods.prefix import PrefixTuningConfig
+from adapter_bert.methods.registry import register_method
 
 
 class MAMConfig(ConfigUnion):
@@ -37,3 +38,6 @@ class MAMConfig(ConfigUnion):
     @property
     def adapter(self) -> BnConfig:
         return self.configs[1]
+
+
+register_method(MAMConfig, identifiers={"mam": MAMConfig()})

@@ -22,14 +22,17 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
 from keras import ops
 
+from adapter_bert.bert.encoder import MASK_NEGATIVE
+from adapter_bert.bert.hooks import Composer
 from adapter_bert.configuration import AdapterConfig
-from adapter_bert.methods.base import (ACTIVATIONS, AdapterMethod, check_activation,
-                                       check_leave_out, install_hook, remove_hook)
+from adapter_bert.methods.base import ACTIVATIONS, AdapterMethod, check_activation, check_leave_out
+from adapter_bert.methods.registry import register_method
 
 
 @dataclasses.dataclass(eq=True)
@@ -60,6 +63,7 @@ class PrefixTuningConfig(AdapterConfig):
     shared_gating: bool = True
 
     architecture = "prefix_tuning"
+    variant_fields = ("flat",)
     library_only = {"init_weights_seed": None}
 
     def validate(self):
@@ -174,12 +178,74 @@ class PrefixTuningPool(keras.layers.Layer):
         return config
 
 
+class PrefixState(NamedTuple):
+    """Per-head keys and values `[batch, heads, seq, head_size]` and the additive mask."""
+
+    key: Any
+    value: Any
+    mask_bias: Any
+    last: Any = None
+
+
+class PrefixComposer(Composer):
+    """How prefixes combine at an `attention` point (the adapters library's rules).
+
+    Each adapter prepends its prefix, so `Stack(a, b)` attends over `[b's, a's, the input's]`
+    keys. In `Parallel` and `BatchSplit`, rows whose prefixes are shorter are padded at the front
+    with masked positions, so each row attends exactly as under its own adapter (the library pads
+    with unmasked values). The library has no `Average` or `Split` of prefixes, nor has this.
+    """
+
+    kinds = ("attention",)
+    supported_blocks = ("stack", "parallel", "batch_split")
+    per_token = False
+    row_aligned = ("key", "value", "mask_bias")
+
+    def start(self, point_state):
+        return PrefixState(*point_state)
+
+    def single(self, name, hook, state):
+        key, value, mask_bias = hook(state.key, state.value, state.mask_bias,
+                                     training=self.training)
+        return PrefixState(key, value, mask_bias, last=name)
+
+    def finish(self, state):
+        return state.key, state.value, state.mask_bias
+
+    def concat_states(self, states, state):
+        length = max(s.key.shape[2] for s in states)
+        padded = [self._pad(s, length) for s in states]
+        return super().concat_states(padded, state)
+
+    def concat_outputs(self, outputs):
+        length = max(o[0].shape[2] for o in outputs)
+        padded = [self._pad(PrefixState(*o), length) for o in outputs]
+        return tuple(ops.concatenate(parts, axis=0)
+                     for parts in zip(*[(p.key, p.value, p.mask_bias) for p in padded]))
+
+    @staticmethod
+    def _pad(state, length):
+        missing = length - state.key.shape[2]
+        if missing == 0:
+            return state
+        def front(t, fill, axis):
+            shape = list(ops.shape(t))
+            shape[axis] = missing
+            return ops.concatenate([ops.full(tuple(shape), fill, t.dtype), t], axis=axis)
+
+        # Keys and values are [batch, heads, positions, size]; the mask is [batch, 1, 1, positions].
+        return state._replace(key=front(state.key, 0.0, 2), value=front(state.value, 0.0, 2),
+                              mask_bias=front(state.mask_bias, MASK_NEGATIVE, 3))
+
+
 class PrefixAttention:
     """The hook of one attention layer: prepends its prefix to keys and values.
 
     It holds no weights of its own (they live in the pool), so it is a plain callable rather than
-    a Keras layer; `BertSelfAttention.kv_hooks` calls it.
+    a Keras layer, registered at the layer's `attention` hook point.
     """
+
+    composer = PrefixComposer
 
     def __init__(self, pool: PrefixTuningPool, slot: int):
         self.pool, self.slot = pool, slot
@@ -214,13 +280,8 @@ class PrefixTuningMethod(AdapterMethod):
         self.hooks = [(i, PrefixAttention(self.pool, slot)) for slot, i in enumerate(layers)]
         self.built = True
 
-    def attach(self, encoder) -> None:
-        for i, hook in self.hooks:
-            install_hook(encoder.layers[i].attention.kv_hooks, hook)
-
-    def detach(self, encoder) -> None:
-        for i, hook in self.hooks:
-            remove_hook(encoder.layers[i].attention.kv_hooks, hook)
+    def placements(self):
+        return [(f"layer_{i}.attention.attention", hook) for i, hook in self.hooks]
 
     def ejected(self) -> "PrefixTuningMethod":
         """A flat method with this one's prefixes evaluated once (identical outputs)."""
@@ -228,3 +289,9 @@ class PrefixTuningMethod(AdapterMethod):
                                   dtype=self.dtype_policy, name=self.name)
         flat.pool.control_trans.assign(self.pool.all_prefixes())
         return flat
+
+
+register_method(PrefixTuningConfig, PrefixTuningMethod,
+                identifiers={"prefix_tuning": PrefixTuningConfig(),
+                             "prefix_tuning_flat": PrefixTuningConfig(flat=True)},
+                presets={"prefix": "prefix_tuning"})

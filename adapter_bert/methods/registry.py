@@ -1,125 +1,125 @@
-"""The table of methods: config identifiers -> default configs, and configs -> method layers.
+"""The table of methods, filled by one `register_method` call at the end of each method module.
 
-Identifiers are the adapters library's (seed `002`), plus the baselines `bitfit` and `full`.
-Adding a method means one module in this package and one line in each table below.
+A registration names a config class, the `AdapterMethod` class that builds its weights, the
+identifiers of the adapters library's table that are defaults of it (`"seq_bn"` -> `SeqBnConfig()`),
+and optionally the training command's `--method` presets it provides. Identifiers and config classes
+go to `adapter_bert.configuration.CONFIG_TABLE` (which the config grammar reads); the method classes
+and presets stay here. `adapter_bert.methods` imports every module of its package, so every method
+is registered once anything of the package is imported. Adding a method means one module with
+one `register_method` call.
 
 Example:
->>> from adapter_bert.methods.registry import ADAPTER_CONFIG_MAP
+>>> from adapter_bert.methods.registry import ADAPTER_CONFIG_MAP, method_class_for
 >>> ADAPTER_CONFIG_MAP["scaled_par_bn"].scaling
 'learned'
+>>> method_class_for(ADAPTER_CONFIG_MAP["ia3"]).__name__
+'IA3Method'
+>>> preset_config("lora", hidden_size=768)
+'lora'
 """
 
 from __future__ import annotations
 
-from adapter_bert.configuration import AdapterConfig, ConfigUnion
-from adapter_bert.methods.bitfit import BitFitConfig, BitFitMethod
-from adapter_bert.methods.bottleneck import (BnConfig, BottleneckMethod, DoubleSeqBnConfig,
-                                             ParBnConfig, SeqBnConfig)
-from adapter_bert.methods.full import FullFinetuningConfig, FullFinetuningMethod
-from adapter_bert.methods.ia3 import IA3Config, IA3Method
-from adapter_bert.methods.lora import LoRAConfig, LoRAMethod
-from adapter_bert.methods.mam import MAMConfig
-from adapter_bert.methods.prefix import PrefixTuningConfig, PrefixTuningMethod
+import dataclasses
+from typing import Callable, Union
 
-ADAPTER_CONFIG_MAP: dict[str, AdapterConfig] = {
-    "seq_bn": SeqBnConfig(),
-    "double_seq_bn": DoubleSeqBnConfig(),
-    "par_bn": ParBnConfig(),
-    "scaled_par_bn": ParBnConfig(scaling="learned"),
-    "prefix_tuning": PrefixTuningConfig(),
-    "prefix_tuning_flat": PrefixTuningConfig(flat=True),
-    "lora": LoRAConfig(),
-    "ia3": IA3Config(),
-    "mam": MAMConfig(),
-    "bitfit": BitFitConfig(),
-    "full": FullFinetuningConfig(),
-    # The adapters library's older names, still accepted there (seed 002 uses "parallel").
-    "pfeiffer": SeqBnConfig(),
-    "houlsby": DoubleSeqBnConfig(),
-    "parallel": ParBnConfig(),
-    "scaled_parallel": ParBnConfig(scaling="learned"),
-}
+from adapter_bert.configuration import CONFIG_TABLE, AdapterConfig, ConfigUnion
 
-# Identifiers of the adapters library's table that this package does not implement yet; they get
-# their own error so users know the name is right and the method is missing.
-NOT_YET_IMPLEMENTED = ("seq_bn_inv", "double_seq_bn_inv", "compacter", "compacter++", "unipelt",
-                       "prompt_tuning")
+#: Identifier -> default config, for every registered identifier (read-only use).
+ADAPTER_CONFIG_MAP = CONFIG_TABLE.identifiers
 
-CONFIG_CLASSES = {cls.__name__: cls for cls in (
-    BnConfig, SeqBnConfig, DoubleSeqBnConfig, ParBnConfig, PrefixTuningConfig, LoRAConfig,
-    IA3Config, BitFitConfig, FullFinetuningConfig)}
-_DEFAULT_CLASS = {"bottleneck": BnConfig, "prefix_tuning": PrefixTuningConfig, "lora": LoRAConfig,
-                  "bitfit": BitFitConfig, "full": FullFinetuningConfig}
-UNION_CLASSES = {cls.__name__: cls for cls in (ConfigUnion, MAMConfig)}
+# A preset is a config string, or a function (hidden_size, bottleneck_size, non_linearity) -> one.
+Preset = Union[str, Callable[[int, "int | None", "str | None"], str]]
 
 
-def config_class_for(values: dict) -> type:
-    """The config class a `to_dict()` dict came from (`config_class`, else its architecture)."""
-    name = values.get("config_class")
-    if name is not None:
-        if name not in CONFIG_CLASSES:
-            raise ValueError(f"unknown adapter config class {name!r}")
-        return CONFIG_CLASSES[name]
-    # The adapters library reads a dict without "architecture" as a bottleneck config.
-    architecture = values.get("architecture") or "bottleneck"
-    if architecture not in _DEFAULT_CLASS:
-        raise ValueError(f"unknown adapter architecture {architecture!r}; known: "
-                         + ", ".join(sorted(_DEFAULT_CLASS)))
-    if architecture == "lora" and values.get("composition_mode") == "scale":
-        return IA3Config
-    return _DEFAULT_CLASS[architecture]
+@dataclasses.dataclass(frozen=True)
+class MethodEntry:
+    """One registration: configs of `config_class` (for which `selects` holds) build `method_class`."""
+
+    config_class: type
+    method_class: type | None
+    selects: Callable[[dict], bool] | None = None
+
+    def builds(self, config: AdapterConfig) -> bool:
+        return isinstance(config, self.config_class) and (
+            self.selects is None or self.selects(config.to_dict()))
 
 
-def union_class_for(values: dict) -> type:
-    """The union class a union's `config_dict()` came from; a plain `ConfigUnion` without a name.
+_METHODS: list[MethodEntry] = []
+_PRESETS: dict[str, Preset] = {}
 
-    Example:
-    >>> union_class_for({"architecture": "union", "configs": [], "config_class": "MAMConfig"})
-    <class 'adapter_bert.methods.mam.MAMConfig'>
+
+def register_method(config_class: type, method_class: type | None = None,
+                    identifiers: dict[str, AdapterConfig] | None = None, config_classes=(),
+                    presets: dict[str, Preset] | None = None,
+                    selects: Callable[[dict], bool] | None = None) -> None:
+    """Registers a method: the one call each method module makes.
+
+    Args:
+        config_class: the method's config class; a dict of its `architecture` that names no
+            class loads as it (when `selects` holds for the dict).
+        method_class: the `AdapterMethod` subclass built for such configs (None for a named
+            `ConfigUnion` such as MAM, whose members build their own methods).
+        identifiers: config-string names and their default configs.
+        config_classes: further config classes of the method (subclasses with other defaults),
+            so saved configs reload as their class.
+        presets: `--method` names of the training command and their configs.
+        selects: a predicate on a config's `to_dict()`, for architectures shared by two methods
+            (LoRA and (IA)^3 are both `lora`, told apart by `composition_mode`).
+
+    Raises:
+        ValueError: an identifier, class name or preset that is registered already.
     """
-    name = values.get("config_class") or "ConfigUnion"
-    if name not in UNION_CLASSES:
-        raise ValueError(f"unknown adapter config union class {name!r}; known: "
-                         + ", ".join(sorted(UNION_CLASSES)))
-    return UNION_CLASSES[name]
+    for name in presets or {}:
+        if name in _PRESETS:
+            raise ValueError(f"--method preset {name!r} is registered already")
+    CONFIG_TABLE.add(identifiers or {}, (config_class, *config_classes), default_class=config_class,
+                     selects=selects)
+    if method_class is not None:
+        _METHODS.append(MethodEntry(config_class, method_class, selects))
+    _PRESETS.update(presets or {})
+
+
+# Identifiers of the adapters library's table with no method here yet: the error says so, so that
+# users know the name is right and the method is missing.
+for _identifier in ("seq_bn_inv", "double_seq_bn_inv", "compacter", "compacter++", "unipelt",
+                    "prompt_tuning"):
+    CONFIG_TABLE.reserve(_identifier, "is not implemented in adapter_bert yet")
 
 
 def method_class_for(config: AdapterConfig) -> type:
-    """The `AdapterMethod` subclass that builds the weights of a (non-union) config."""
+    """The `AdapterMethod` subclass that builds the weights of a (non-union) config.
+
+    The most specific registration wins: a subclass's entry before its base class's.
+    """
     if isinstance(config, ConfigUnion):
         raise TypeError("a ConfigUnion has one method per member config")
-    if config.architecture == "bottleneck":
-        return BottleneckMethod
-    if config.architecture == "lora":
-        return IA3Method if config.composition_mode == "scale" else LoRAMethod
-    if config.architecture == "prefix_tuning":
-        return PrefixTuningMethod
-    if config.architecture == "bitfit":
-        return BitFitMethod
-    if config.architecture == "full":
-        return FullFinetuningMethod
-    raise ValueError(f"no method implements architecture {config.architecture!r}")
+    entries = [e for e in _METHODS if e.builds(config)]
+    if not entries:
+        raise ValueError(f"no method implements {type(config).__name__} "
+                         f"(architecture {config.architecture!r})")
+    return max(entries, key=lambda e: len(e.config_class.__mro__)).method_class
 
 
 def config_identifier(config: AdapterConfig) -> str:
     """The table identifier a config is a variant of (`"double_seq_bn"`, `"mam"`, `"a|b"` for unions).
 
     Example:
-    >>> config_identifier(ParBnConfig(scaling="learned")), config_identifier(LoRAConfig(r=4))
-    ('scaled_par_bn', 'lora')
+    >>> config_identifier(ADAPTER_CONFIG_MAP["houlsby"].replace(reduction_factor=4))
+    'double_seq_bn'
     """
-    for identifier, default in ADAPTER_CONFIG_MAP.items():
-        # A union equal to MAM's members is MAM, whatever class it was loaded as (the adapters
-        # library saves unions without their class).
-        if config == default and (type(config) is type(default) or isinstance(config, ConfigUnion)):
-            return identifier
-    if isinstance(config, MAMConfig):
-        return "mam"
-    if isinstance(config, ConfigUnion):
-        return "|".join(config_identifier(c) for c in config)
-    if isinstance(config, PrefixTuningConfig) and config.flat:
-        return "prefix_tuning_flat"
-    for identifier, default in ADAPTER_CONFIG_MAP.items():
-        if type(config) is type(default):
-            return identifier
-    return config.architecture
+    return CONFIG_TABLE.identifier_of(config)
+
+
+def preset_names() -> tuple[str, ...]:
+    """The training command's `--method` presets, in registration order."""
+    return tuple(_PRESETS)
+
+
+def preset_config(method: str, hidden_size: int, bottleneck_size: int | None = None,
+                  non_linearity: str | None = None) -> str:
+    """The config string of preset `method` for a base of width `hidden_size`."""
+    if method not in _PRESETS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(_PRESETS)}")
+    preset = _PRESETS[method]
+    return preset if isinstance(preset, str) else preset(hidden_size, bottleneck_size, non_linearity)

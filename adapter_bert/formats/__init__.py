@@ -1,0 +1,1 @@
+"""Readers and writers of other libraries' adapter files (the adapters library, PEFT)."""

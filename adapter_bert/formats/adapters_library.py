@@ -1,0 +1,113 @@
+"""The adapters library's weight names, and the map from them to this package's.
+
+The library keys an adapter's weights by where they sit in the PyTorch `BertModel`
+(`encoder.layer.3.output.adapters.<name>.adapter_up.weight`,
+`encoder.layer.3.attention.self.query.loras.<name>.lora_A`, ...), with PyTorch's `[out, in]`
+Linear kernels; this package keys them by method and layer (`bottleneck.layer_3_output_adapter.up.kernel`)
+with Keras' `[in, out]` kernels.
+
+Example:
+>>> import numpy as np
+>>> from adapter_bert.configuration import AdapterConfig
+>>> from adapter_bert.model import AdapterModule
+>>> from adapter_bert.testing import tiny_bert_config
+>>> module = AdapterModule("a", AdapterConfig.load("seq_bn"), tiny_bert_config())
+>>> ours = from_library_state(module, {
+...     "encoder.layer.1.output.adapters.a.adapter_up.weight": np.ones((32, 2), "float32")})
+>>> list(ours), ours["bottleneck.layer_1_output_adapter.up.kernel"].shape
+(['bottleneck.layer_1_output_adapter.up.kernel'], (2, 32))
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+# The library's module path of each Dense hook point of a layer.
+_DENSE = {"attention.self.query": "attention_query", "attention.self.key": "attention_key",
+          "attention.self.value": "attention_value", "intermediate.dense": "intermediate",
+          "output.dense": "output"}
+_LOCATION = {"attention.output": "mh_adapter", "output": "output_adapter"}
+
+_BOTTLENECK = re.compile(r"(?:^|\.)layer\.(\d+)\.(attention\.output|output)\.adapters\.([^.]+)\.(.+)$")
+_LORA = re.compile(r"(?:^|\.)layer\.(\d+)\.(" + "|".join(re.escape(k) for k in _DENSE)
+                   + r")\.loras\.([^.]+)\.(lora_A|lora_B)$")
+_PREFIX = re.compile(r"(?:^|\.)prefix_tunings\.([^.]+)\.self_prefix\.(.+)$")
+
+
+def _method(module, architecture: str, key: str):
+    for method in module.methods:
+        if method.config.architecture == architecture:
+            return method
+    raise ValueError(f"adapters library weight {key} is {architecture}, adapter "
+                     f"{module.adapter_name!r} has no {architecture} part")
+
+
+def _bottleneck_key(module, layer, location, rest, key):
+    method = _method(module, "bottleneck", key)
+    prefix = f"{method.name}.layer_{layer}_{_LOCATION[location]}."
+    ln_before = method.config.ln_before
+    table = {"adapter_up.weight": ("up.kernel", True), "adapter_up.bias": ("up.bias", False),
+             "adapter_norm_after.weight": ("adapter_norm_after.gamma", False),
+             "adapter_norm_after.bias": ("adapter_norm_after.beta", False),
+             "scaling": ("scaling", False)}
+    down = "adapter_down.1" if ln_before else "adapter_down.0"
+    table.update({f"{down}.weight": ("down.kernel", True), f"{down}.bias": ("down.bias", False)})
+    if ln_before:
+        table.update({"adapter_down.0.weight": ("adapter_norm_before.gamma", False),
+                      "adapter_down.0.bias": ("adapter_norm_before.beta", False)})
+    if rest not in table:
+        return None, False
+    name, transpose = table[rest]
+    return prefix + name, transpose
+
+
+def from_library_state(module, state: dict, adapter: str | None = None) -> dict:
+    """The adapters library's weights of one adapter, renamed and laid out for `module`.
+
+    Args:
+        module: the `AdapterModule` the weights are for (its config decides the names).
+        state: library parameter name -> array; keys of other adapters are ignored.
+        adapter: the adapter's name in the library's keys (default: the module's name).
+
+    Raises:
+        ValueError: a key of this adapter that maps to nothing here, naming it.
+    """
+    adapter = adapter or module.adapter_name
+    out = {}
+    for key, value in state.items():
+        value = np.asarray(value)
+        match = _BOTTLENECK.search(key)
+        if match and match.group(3) == adapter:
+            name, transpose = _bottleneck_key(module, match.group(1), match.group(2),
+                                              match.group(4), key)
+            if name is None:
+                raise ValueError(f"adapters library weight {key} has no counterpart here")
+            out[name] = value.T if transpose else value
+            continue
+        match = _LORA.search(key)
+        if match and match.group(3) == adapter:
+            method = _method(module, "lora", key)
+            point = f"{method.name}.layer_{match.group(1)}_{_DENSE[match.group(2)]}"
+            if method.config.composition_mode == "scale":
+                out[f"{point}.scale"] = value.reshape(-1)  # (IA)^3: lora_B [out, 1]
+            else:
+                out[f"{point}.{match.group(4)}"] = value.T
+            continue
+        match = _PREFIX.search(key)
+        if match and match.group(1) == adapter:
+            method = _method(module, "prefix_tuning", key)
+            pool = f"{method.name}.pool."
+            rest = match.group(2)
+            if rest == "control_trans" and method.config.flat:
+                out[pool + "control_trans"] = value.reshape(method.pool.prefix_length, -1)
+            elif rest == "wte.weight":
+                out[pool + "wte.embeddings"] = value
+            elif rest in ("control_trans.0.weight", "control_trans.2.weight"):
+                out[pool + rest.replace(".0.weight", "_0.kernel").replace(".2.weight", "_2.kernel")] = value.T
+            elif rest in ("control_trans.0.bias", "control_trans.2.bias"):
+                out[pool + rest.replace(".0.bias", "_0.bias").replace(".2.bias", "_2.bias")] = value
+            else:
+                raise ValueError(f"adapters library weight {key} has no counterpart here")
+    return out
