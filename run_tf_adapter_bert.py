@@ -28,6 +28,13 @@ flags.DEFINE_integer("bottleneck_size", None, "Houlsby adapter width (shorthand 
 flags.DEFINE_string("non_linearity", None, "Adapter activation: gelu, relu, swish, tanh, ...")
 flags.DEFINE_string("adapter_config", None,
                     "Any adapter config string, e.g. 'double_seq_bn[reduction_factor=24]' or 'lora[r=8]'.")
+flags.DEFINE_multi_string("load_adapter", [],
+                          "An adapter trained earlier (a save_adapter directory), loaded frozen; "
+                          "repeat for several.")
+flags.DEFINE_string("adapter_setup", None,
+                    "The composition the new adapter trains in, e.g. 'Stack(sst2, mrpc)' (names: "
+                    "the loaded adapters and --task). Default: the loaded adapters stacked "
+                    "under the new one.")
 flags.DEFINE_string("method", None, "Method preset registered by a method module: houlsby, "
                     "pfeiffer, parallel, lora, ia3, prefix, bitfit, full, ...")
 flags.DEFINE_enum("pooling", "cls", ["cls", "mean"], "Head pooling: BERT's pooler or masked mean.")
@@ -72,8 +79,9 @@ def args_from_flags(values=FLAGS):
     except ValueError:
         raise ValueError(f"--bucket_boundaries must be integers, got {values.bucket_boundaries}") from None
     names = [f.name for f in dataclasses.fields(TrainingArgs)
-             if f.name not in ("bucket_boundaries", "worker_hosts")]
+             if f.name not in ("bucket_boundaries", "worker_hosts", "load_adapters")]
     return TrainingArgs(bucket_boundaries=buckets, worker_hosts=tuple(values.worker_hosts),
+                        load_adapters=tuple(values.load_adapter),
                         **{name: values[name].value for name in names})
 
 

@@ -113,8 +113,8 @@ def _svd_values(sources, weights, rank: int) -> dict:
     methods = [next(m for m in s.methods if isinstance(m, LoRAMethod)) for s in sources]
     first = methods[0]
     values = {}
-    for index, hook in enumerate(first.hooks):
-        hooks: list[LoRADense] = [m.hooks[index] for m in methods]
+    for index, hook in enumerate(first.updates):
+        hooks: list[LoRADense] = [m.updates[index] for m in methods]
         delta = sum(weight * h.delta() for weight, h in zip(weights, hooks))  # [in, out]
         if rank > min(delta.shape):
             raise ValueError(f"svd_rank {rank} is above the rank a {delta.shape[0]} x "

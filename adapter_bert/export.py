@@ -10,8 +10,9 @@ Signatures of a single-task export:
                    tokenizing in the graph (needs the tensorflow_text ops to load)
 
 A multi-task export has, per task, `<task>` and `<task>_text`; `serving_default` is the first
-task's id signature. Each signature is traced with its own adapter active, so the base's weights
-are stored once and every task adds only its adapter and head.
+task's id signature. Each signature is traced with its own adapter (or setup: `Stack("lang",
+"mrpc")`) active, so the base's weights are stored once and every task adds only its adapters and
+head.
 
 LoRA / (IA)^3 adapters can be merged into the base for a single-task export (`merge=True`): the
 served model then costs exactly what the base costs.
@@ -53,7 +54,7 @@ def _outputs(head, logits):
 
 def export_saved_model(model, export_dir: str | os.PathLike, tasks, tokenizer=None,
                        max_seq_length: int = 128, pair_tasks=None, merge: bool = False,
-                       version: int | None = None) -> Path:
+                       version: int | None = None, setups: dict | None = None) -> Path:
     """Writes a SavedModel of `tasks` (adapter + head of each name) to `<export_dir>/<version>/`.
 
     Args:
@@ -67,6 +68,9 @@ def export_saved_model(model, export_dir: str | os.PathLike, tasks, tokenizer=No
         merge: merge LoRA / (IA)^3 adapters into the base (single task only); the model is reset
             afterwards.
         version: the version number; default `next_version(export_dir)`.
+        setups: per task, the adapter setup its signatures run (a name or a composition block
+            ending in the task's adapter, e.g. `Stack("lang", "mrpc")`); default the task's
+            adapter alone.
 
     Returns:
         The version directory written.
@@ -77,10 +81,16 @@ def export_saved_model(model, export_dir: str | os.PathLike, tasks, tokenizer=No
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     if not tasks:
         raise ValueError("export_saved_model needs at least one task")
+    from adapter_bert.composition import as_setup
+
+    setups = {task: as_setup((setups or {}).get(task, task)) for task in tasks}
     for task in tasks:
         model._adapter(task)
         if task not in model.heads:
             raise KeyError(f"no head named {task!r} to export")
+    if merge and not isinstance(setups[tasks[0]], str):
+        raise ValueError(f"merge=True merges one adapter into the base; {tasks[0]!r} is served "
+                         f"by the setup {setups[tasks[0]]}")
     if merge and len(tasks) > 1:
         raise ValueError("merge=True merges one adapter into the shared base; export one task")
     if pair_tasks is None:
@@ -91,7 +101,7 @@ def export_saved_model(model, export_dir: str | os.PathLike, tasks, tokenizer=No
     if target.exists():
         raise FileExistsError(f"export version {target} exists already")
 
-    active, head_before = model.active_adapters, model.active_head
+    active, head_before, skip = model.active_adapters, model.active_head, model.bert.skip_layers
     merged = merge and any(m.mergeable for m in model._adapter(tasks[0]).methods)
     if merged:
         model.merge_adapter(tasks[0])
@@ -105,7 +115,7 @@ def export_saved_model(model, export_dir: str | os.PathLike, tasks, tokenizer=No
         archive.track(in_graph)
     try:
         for index, task in enumerate(tasks):
-            forward = _id_signature(model, task)
+            forward = _id_signature(model, task, setups[task])
             ids_name = "serving_default" if index == 0 and len(tasks) == 1 else task
             archive.add_endpoint(ids_name, forward, input_signature=[spec, spec, spec])
             if index == 0 and len(tasks) > 1:
@@ -128,17 +138,17 @@ def export_saved_model(model, export_dir: str | os.PathLike, tasks, tokenizer=No
     finally:
         if merged:
             model.reset_adapter(tasks[0])
-        model.set_active_adapters(active)
+        model.set_active_adapters(active, skip_layers=skip)
         model.active_head = head_before
     return target
 
 
-def _id_signature(model, task):
+def _id_signature(model, task, setup):
     """The id-input serving function of one task (a closure: no extra traced arguments)."""
 
     def forward(input_ids, attention_mask, token_type_ids):
-        # Runs at trace time: this signature's graph gets this task's hooks.
-        model.set_active_adapters(task)
+        # Runs at trace time: this signature's graph gets this task's setup.
+        model.set_active_adapters(setup)
         model.active_head = task
         logits = model({"input_ids": input_ids, "attention_mask": attention_mask,
                         "token_type_ids": token_type_ids}, training=False)

@@ -7,9 +7,15 @@ fails under MultiWorkerMirroredStrategy (keras#20585).
 Output directory `<saved_models_dir>/<task>/`:
   results.json   per-epoch dev metrics, best epoch, parameter counts, throughput, versions
   adapter/       save_adapter of the best epoch (adapter + head)
+  setup/         with `load_adapters`: save_adapter_setup of the whole setup the adapter trained in
   predictions/   GLUE test-set predictions in the benchmark's submission format
   checkpoints/   tf.train.CheckpointManager checkpoints: rerunning the same command resumes
   logs/          TensorBoard summaries
+
+With `load_adapters` (`--load_adapter DIR`, repeatable), adapters trained earlier are loaded
+frozen and the new adapter trains inside `adapter_setup` (`--adapter_setup "Stack(lang, mrpc)"`;
+default: a `Stack` of the loaded adapters, in order, then the new one); the setup must end with
+the new adapter, whose head is the one trained, and the SavedModel serves that setup.
 
 Every file is written atomically (temporary name, then rename), so a killed run leaves either the
 old file or the new one. Rerunning resumes from the last checkpoint with the same data order and
@@ -50,6 +56,8 @@ class TrainingArgs:
     casing: str = "all-minilm-l6-v2"
     data_dir: str | None = None
     adapter_config: str | None = None
+    load_adapters: tuple = ()
+    adapter_setup: str | None = None
     method: str | None = None
     bottleneck_size: int | None = None
     non_linearity: str | None = None
@@ -96,7 +104,73 @@ class TrainingArgs:
                     "worker_hosts", "task_index"}
         values = {k: v for k, v in dataclasses.asdict(self).items() if k not in keep_out}
         values["bucket_boundaries"] = list(self.bucket_boundaries)
+        # The loaded adapters' weights decide the run as much as the flags do.
+        values["load_adapters"] = [{"path": str(path), "sha256": _file_digest(
+            Path(path) / "adapter.safetensors")} for path in self.load_adapters]
         return values
+
+
+def _file_digest(path: Path) -> str | None:
+    import hashlib
+
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def loaded_adapter_names(args: "TrainingArgs") -> list[str]:
+    """The names of the `--load_adapter` directories' adapters (one-line errors for bad ones)."""
+    from adapter_bert.glue.tasks import get_task
+
+    names = []
+    for path in args.load_adapters:
+        config = Path(path) / "adapter_config.json"
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"--load_adapter {path} is not a directory")
+        meta = read_json(config, "adapter config")
+        name = meta.get("name") if isinstance(meta, dict) else None
+        if not isinstance(name, str):
+            raise ValueError(f"{config} has no adapter 'name'")
+        if name in names:
+            raise ValueError(f"two --load_adapter directories hold an adapter named {name!r}")
+        if name == get_task(args.task).name:
+            raise ValueError(f"--load_adapter {path} holds an adapter named {name!r}, the name "
+                             "of the adapter this run trains; rename one of them")
+        names.append(name)
+    return names
+
+
+def resolve_setup(args: "TrainingArgs"):
+    """The setup the new adapter trains in: `--adapter_setup`, else the loaded adapters stacked
+    under the new one, else the new adapter alone (a name)."""
+    from adapter_bert.composition import Stack, parse_heads_from_composition, parse_setup_string
+    from adapter_bert.glue.tasks import get_task
+
+    task = get_task(args.task).name
+    loaded = loaded_adapter_names(args)
+    if args.adapter_setup is None:
+        return Stack(*loaded, task) if loaded else task
+    try:
+        setup = parse_setup_string(args.adapter_setup)
+    except ValueError as e:
+        raise ValueError(f"bad --adapter_setup: {e}") from None
+    names = (setup,) if isinstance(setup, str) else setup.flatten()
+    unknown = [n for n in names if n != task and n not in loaded]
+    if unknown:
+        raise ValueError(f"--adapter_setup names {', '.join(map(repr, unknown))}, which no "
+                         f"--load_adapter provides (loaded: {', '.join(loaded) or 'none'}; this "
+                         f"run trains {task!r})")
+    if task not in names:
+        raise ValueError(f"--adapter_setup {setup} does not hold the adapter this run trains, "
+                         f"{task!r}")
+    if parse_heads_from_composition(setup) != task:
+        raise ValueError(f"--adapter_setup {setup} must end with {task!r}: the setup's output "
+                         f"goes to the head this run trains")
+    return setup
 
 
 def validate_args(args: TrainingArgs) -> None:
@@ -149,6 +223,11 @@ def validate_args(args: TrainingArgs) -> None:
             AdapterConfig.load(args.adapter_config)
         except (TypeError, ValueError, FileNotFoundError) as e:
             raise ValueError(f"bad --adapter_config {args.adapter_config!r}: {e}") from None
+    if args.load_adapters or args.adapter_setup is not None:
+        setup = resolve_setup(args)
+        if args.merge_for_serving and not isinstance(setup, str):
+            raise ValueError(f"--merge_for_serving merges one adapter into the base; this run "
+                             f"serves the setup {setup}")
     if args.export_only:
         if not (args.output_dir / "adapter" / "adapter_config.json").is_file():
             raise FileNotFoundError(f"--export_only needs a trained adapter in {args.output_dir / 'adapter'}")
@@ -326,6 +405,8 @@ def build_model(args: TrainingArgs, task):
     from adapter_bert import AdapterBertModel
 
     model = AdapterBertModel.from_pretrained(args.casing)
+    for path in args.load_adapters:
+        model.load_adapter(path, with_head=False)  # frozen; only the new head trains
     model.add_adapter(task.name, config=resolve_adapter_config(args, model.config.hidden_size))
     if task.is_regression:
         model.add_regression_head(task.name, pooling=args.pooling)
@@ -333,6 +414,7 @@ def build_model(args: TrainingArgs, task):
         model.add_classification_head(task.name, num_labels=task.num_labels, pooling=args.pooling,
                                       id2label=dict(enumerate(task.labels)))
     model.train_adapter(task.name)
+    model.set_active_adapters(resolve_setup(args))
     return model
 
 
@@ -558,9 +640,13 @@ def train(args: TrainingArgs):
                 manager.save(checkpoint_number=step)
         writer.flush()
 
+    setup = resolve_setup(args)
     results = {
         "task": task.name, "method": args.method or ("custom" if args.adapter_config else "houlsby"),
         "adapter_config": resolve_adapter_config(args, model.config.hidden_size),
+        "adapter_setup": str(setup),
+        "loaded_adapters": [{"name": n, "path": str(p)}
+                            for n, p in zip(loaded_adapter_names(args), args.load_adapters)],
         "epochs": history, "best": best, "final": history[-1] if history else None,
         "main_metric": task.main_metric,
         "trainable_params": int(sum(np.prod(v.shape) for v in trainable)),
@@ -578,7 +664,10 @@ def train(args: TrainingArgs):
                 variable.assign(best_weights[key])
         return results, model
     if (out / "adapter").is_dir():
-        model.load_adapter(out / "adapter", set_active=True)  # the best epoch, not the last
+        model.load_adapter(out / "adapter")  # the best epoch, not the last
+        model.set_active_adapters(setup)
+    if not isinstance(setup, str):
+        model.save_adapter_setup(out / "setup", setup)
     if args.predict_test:
         results["predictions"] = _predict_test_sets(args, task, model, tokenizer, out, evaluate)
     if args.export:
@@ -603,7 +692,7 @@ def _export(args, task, model, tokenizer, out: Path) -> Path:
     path = export_saved_model(model, out / "export", task.name, tokenizer,
                               max_seq_length=args.max_seq_length,
                               pair_tasks=[task.name] if task.text_b else [],
-                              merge=args.merge_for_serving)
+                              merge=args.merge_for_serving, setups={task.name: resolve_setup(args)})
     print(f"SavedModel: {path}", file=sys.stderr)
     return path
 
@@ -615,7 +704,10 @@ def export_only(args: TrainingArgs) -> dict:
 
     task, out = get_task(args.task), args.output_dir
     model = AdapterBertModel.from_pretrained(args.casing)
-    model.load_adapter(out / "adapter", set_active=True)
+    for path in args.load_adapters:
+        model.load_adapter(path, with_head=False)
+    model.load_adapter(out / "adapter")
+    model.set_active_adapters(resolve_setup(args))
     path = _export(args, task, model, load_tokenizer(args.casing), out)
     return {"task": task.name, "export": str(path.relative_to(out))}
 

@@ -125,6 +125,10 @@ def _cli(*flags, env=None, timeout=600):
     (["--max_seq_length", "1000"], "max_seq_length 1000 is above"),
     (["--data_dir", "/nonexistent/glue"], "/nonexistent/glue"),
     (["--warmup_ratio", "1.5"], "--warmup_ratio must be in [0, 1)"),
+    (["--load_adapter", "/nonexistent/adapter"], "--load_adapter /nonexistent/adapter is not a directory"),
+    (["--adapter_setup", "Stack(lang, mrpc)"], "names 'lang', which no --load_adapter provides"),
+    (["--adapter_setup", "Stack(lang, mrpc"], "bad --adapter_setup: cannot parse"),
+    (["--adapter_setup", "Stack(mrpc, Stack(a, b))"], "bad --adapter_setup: adapter setup is invalid"),
 ])
 def test_bad_input_exits_with_one_line_and_writes_nothing(tmp_path, tiny_checkpoint, flags, message):
     write_glue_task(tmp_path / "glue", "mrpc")
@@ -276,3 +280,75 @@ def test_tpu_input_pipeline_has_static_shapes():
     assert bucketed.element_spec[0]["input_ids"].shape[0] == 8
     dynamic = training_dataset(TrainingArgs(batch_size=8, max_seq_length=64), encoded, labels, 0, False)
     assert dynamic.element_spec[0]["input_ids"].shape.as_list() == [None, None]
+
+
+def _digests(directory: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_new_adapter_trains_inside_a_stack_of_loaded_adapters(tmp_path, tiny_checkpoint):
+    from safetensors.numpy import load_file
+
+    from adapter_bert import AdapterBertModel, Stack
+    from adapter_bert.export import export_saved_model  # noqa: F401  (the run exports itself)
+
+    write_glue_task(tmp_path / "glue", "sst2")
+    write_glue_task(tmp_path / "glue", "mrpc")
+    run(_args(tmp_path, tiny_checkpoint, task="sst2", adapter_config="seq_bn[reduction_factor=4]",
+              epochs=1))
+    sst2 = tmp_path / "out" / "sst2" / "adapter"
+    before = _digests(sst2)
+    args = _args(tmp_path, tiny_checkpoint, load_adapters=(str(sst2),),
+                 adapter_setup="Stack(sst2, mrpc)", export=True, epochs=1)
+    results = run(args)
+    out = tmp_path / "out" / "mrpc"
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["adapter_setup"] == "Stack[sst2, mrpc]"
+    assert on_disk["loaded_adapters"] == [{"name": "sst2", "path": str(sst2)}]
+    assert _digests(sst2) == before  # the loaded adapter's files are untouched
+    # Only the new adapter and its head trained.
+    mrpc_weights = load_file(str(out / "adapter" / "adapter.safetensors"))
+    head_weights = load_file(str(out / "adapter" / "head.safetensors"))
+    assert results["trainable_params"] == sum(int(np.prod(v.shape)) for v in
+                                              list(mrpc_weights.values()) + list(head_weights.values()))
+    assert sorted(p.name for p in (out / "setup").iterdir()) == ["adapter_setup.json", "mrpc", "sst2"]
+    # The SavedModel serves the stack: it equals the model rebuilt from the saved setup.
+    model = AdapterBertModel.from_pretrained(tiny_checkpoint)
+    assert model.load_adapter_setup(out / "setup") == Stack("sst2", "mrpc")
+    import tensorflow as tf
+
+    features = {"input_ids": np.array([[6, 10, 11, 7, 0]], "int32"),
+                "attention_mask": np.array([[1, 1, 1, 1, 0]], "int32"),
+                "token_type_ids": np.zeros((1, 5), "int32")}
+    served = tf.saved_model.load(str(out / "export" / "1")).signatures["serving_default"](
+        **{k: tf.constant(v) for k, v in features.items()})
+    np.testing.assert_allclose(served["logits"].numpy(), model(features).numpy(), atol=1e-5)
+    model.set_active_adapters("mrpc")
+    assert np.abs(served["logits"].numpy() - model(features).numpy()).max() > 1e-6  # the stack matters
+    # A changed loaded adapter is another run: resuming is refused.
+    tensors = load_file(str(sst2 / "adapter.safetensors"))
+    from safetensors.numpy import save_file
+
+    save_file({k: v + 1 for k, v in tensors.items()}, str(sst2 / "adapter.safetensors"),
+              metadata={"format": "adapter_bert"})
+    with pytest.raises(ValueError, match="holds a run with other arguments \\(load_adapters differ\\)"):
+        run(args)
+
+
+def test_setup_errors(tmp_path, tiny_checkpoint):
+    write_glue_task(tmp_path / "glue", "mrpc")
+    write_glue_task(tmp_path / "glue", "sst2")
+    run(_args(tmp_path, tiny_checkpoint, task="sst2", epochs=1))
+    sst2 = str(tmp_path / "out" / "sst2" / "adapter")
+    for overrides, match in (
+            ({"adapter_setup": "Stack(mrpc, sst2)"}, "must end with 'mrpc'"),
+            ({"adapter_setup": "Parallel(sst2, mrpc)"}, "must end with 'mrpc'"),
+            ({"adapter_setup": "sst2"}, "does not hold the adapter this run trains, 'mrpc'"),
+            ({"load_adapters": (sst2, sst2)}, "two --load_adapter directories hold an adapter named 'sst2'"),
+            ({"merge_for_serving": True}, "--merge_for_serving merges one adapter"),
+            ({"task": "sst2", "saved_models_dir": str(tmp_path / "o2")},
+             "holds an adapter named 'sst2', the name of the adapter this run trains")):
+        values = {"load_adapters": (sst2,), **overrides}
+        with pytest.raises((ValueError, FileNotFoundError), match=match):
+            run(_args(tmp_path, tiny_checkpoint, **values))
+    assert not (tmp_path / "out" / "mrpc").exists()

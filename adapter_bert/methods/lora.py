@@ -250,11 +250,11 @@ class DenseHookMethod(AdapterMethod):
                  "attention.value": (bert_config.hidden_size,) * 2,
                  "intermediate": (bert_config.hidden_size, bert_config.intermediate_size),
                  "output": (bert_config.intermediate_size, bert_config.hidden_size)}
-        self.locations, self.hooks = [], []
+        self.locations, self.updates = [], []
         for i in self.layer_indices():
             for point in config.hook_points():
                 name = f"layer_{i}_{point.replace('.', '_')}"
-                self.hooks.append(self.make_hook(*sizes[point], name=name))
+                self.updates.append(self.make_hook(*sizes[point], name=name))
                 self.locations.append((i, point))
         self.built = True
 
@@ -264,10 +264,10 @@ class DenseHookMethod(AdapterMethod):
                          init_weights=cfg.init_weights, dtype=self.dtype_policy, name=name)
 
     def placements(self):
-        return [(f"layer_{i}.{point}", hook) for hook, (i, point) in zip(self.hooks, self.locations)]
+        return [(f"layer_{i}.{point}", hook) for hook, (i, point) in zip(self.updates, self.locations)]
 
     def _targets(self, encoder):
-        for hook, (i, point) in zip(self.hooks, self.locations):
+        for hook, (i, point) in zip(self.updates, self.locations):
             yield hook, encoder.layers[i].sublayer(point)
 
     def merge(self, encoder, adapter: str) -> None:

@@ -277,11 +277,11 @@ class PrefixTuningMethod(AdapterMethod):
             flat=config.flat, bottleneck_size=config.bottleneck_size,
             non_linearity=config.non_linearity, dropout=config.dropout, dtype=self.dtype_policy,
             name="pool")
-        self.hooks = [(i, PrefixAttention(self.pool, slot)) for slot, i in enumerate(layers)]
+        self.prefixes = [(i, PrefixAttention(self.pool, slot)) for slot, i in enumerate(layers)]
         self.built = True
 
     def placements(self):
-        return [(f"layer_{i}.attention.attention", hook) for i, hook in self.hooks]
+        return [(f"layer_{i}.attention.attention", hook) for i, hook in self.prefixes]
 
     def ejected(self) -> "PrefixTuningMethod":
         """A flat method with this one's prefixes evaluated once (identical outputs)."""
