@@ -31,6 +31,8 @@ result is that:
   gives; the library applies the first member's input handling and the last member's output
   handling to all rows (the same thing when the members share their configuration).
 * Prefixes of different lengths in one batch are padded with masked positions.
+* At a layer where some members of an `Average` have no adapter (`leave_out`), the members
+  present there are averaged, their weights renormalised (the library fails or mis-broadcasts).
 
 Nesting rules (`ALLOWED_NESTINGS`) are the library's: e.g. a `Parallel` may hold names, `Stack`,
 `BatchSplit` and `Average`; below the second level only `Stack` and names are allowed.

@@ -141,7 +141,7 @@ class AdapterModule(keras.layers.Layer):
 
 
 class AdapterBertModel(keras.Model):
-    """A frozen BERT with named adapters and heads (the public API of DESIGN.md).
+    """A frozen BERT with named adapters and heads: the package's adapter API.
 
     Build it with `from_pretrained` (a checkpoint directory, short name or hub id) or
     `from_config` (random weights). `model(inputs)` returns the active head's logits (or the
@@ -238,14 +238,19 @@ class AdapterBertModel(keras.Model):
 
     def _install(self, name: str, module: AdapterModule) -> None:
         """Puts a built module in place of any adapter of that name and registers its hooks."""
-        setup = self.active_adapters
+        setup, skip_layers = self.active_adapters, self.bert.skip_layers
         if name in self.adapter_modules:
             self.delete_adapter(name)
         module.trainable = False
         module.attach(self.bert)
         self.adapter_modules[name] = module
+        self._invalidate_traces()
         if setup is not None and self.active_adapters is None and name in _names(setup):
-            self._activate(setup, self.bert.skip_layers)  # the replaced adapter was active
+            try:  # the replaced adapter was active: the new one takes its place
+                self.set_active_adapters(setup, skip_layers=skip_layers)
+            except ValueError as e:
+                raise ValueError(f"adapter {name!r} was replaced, but cannot take its place in the "
+                                 f"active setup: {e}; no setup is active now") from None
 
     def delete_adapter(self, name: str) -> None:
         """Removes an adapter (resetting it first if it is merged); a setup naming it is cleared."""
@@ -258,7 +263,7 @@ class AdapterBertModel(keras.Model):
         module.detach(self.bert)
         # pop (not del): Keras' tracked dict untracks the layer only on pop.
         self.adapter_modules.pop(name)
-        self._traces.clear()
+        self._invalidate_traces()
 
     @property
     def active_adapters(self):
@@ -282,14 +287,13 @@ class AdapterBertModel(keras.Model):
         for name in _names(setup):
             self._adapter(name)
         _check_blocks(setup, self.adapter_modules)
-        self._activate(setup, tuple(skip_layers or ()))
+        if not isinstance(setup, (str, type(None))):
+            _check_not_merged(setup, self.adapter_modules)
+        self.bert.set_active_setup(setup, tuple(skip_layers or ()))
         heads = parse_heads_from_composition(setup) if setup is not None else None
         if heads is not None and all(h in self.heads for h in _head_names(heads)):
             self._active_head = heads
         self._swap_traces()
-
-    def _activate(self, setup, skip_layers) -> None:
-        self.bert.set_active_setup(setup, skip_layers)
 
     def _setup_key(self) -> tuple:
         merged = tuple(sorted(n for n, m in self.adapter_modules.items() if m.merged))
@@ -297,6 +301,19 @@ class AdapterBertModel(keras.Model):
         head = setup_key(head) if isinstance(head, AdapterCompositionBlock) else repr(head)
         return (setup_key(self.active_adapters), tuple(sorted(self.bert.skip_layers)), head,
                 merged, tuple(sorted(self._training_adapters)))
+
+    def _invalidate_traces(self) -> None:
+        """Forgets every traced function: the adapters or heads they captured have changed."""
+        for name in ("train_function", "test_function", "predict_function"):
+            setattr(self, name, None)
+        self._traces.clear()
+        self._trace_key = None
+        self._swap_traces()
+
+    def compile(self, *args, **kwargs):
+        # Functions traced before hold the previous optimizer, loss and metrics.
+        super().compile(*args, **kwargs)
+        self._invalidate_traces()
 
     def _swap_traces(self) -> None:
         """Keeps Keras' traced functions per setup: each setup is traced at most once."""
@@ -348,8 +365,16 @@ class AdapterBertModel(keras.Model):
         return methods
 
     def merge_adapter(self, name: str) -> None:
-        """Folds LoRA / (IA)^3 adapter `name` into the base weights (no cost at inference)."""
+        """Folds LoRA / (IA)^3 adapter `name` into the base weights (no cost at inference).
+
+        A merged adapter acts on every row, whatever is active; so it cannot be merged while a
+        composition block names it (activate it alone, or reset it first).
+        """
         methods = self._mergeable_methods(name)
+        setup = self.active_adapters
+        if not isinstance(setup, (str, type(None))) and name in setup.flatten():
+            raise ValueError(f"adapter {name!r} is part of the active setup {setup}; a merged "
+                             "adapter would act on every row and branch of it")
         done = []
         try:
             for method in methods:
@@ -384,7 +409,7 @@ class AdapterBertModel(keras.Model):
         members[index[0]] = ejected.config
         module.config = ConfigUnion(*members) if len(members) > 1 else members[0]
         module.trainable = trainable
-        self._traces.clear()
+        self._invalidate_traces()
 
     # --- combining adapters and heads ---------------------------------------------------------------
 
@@ -439,6 +464,7 @@ class AdapterBertModel(keras.Model):
         head.trainable = name in self._training_adapters
         self.heads.pop(name, None)
         self.heads[name] = head
+        self._invalidate_traces()
         if set_active:
             self.active_head = name
 
@@ -478,7 +504,7 @@ class AdapterBertModel(keras.Model):
         # pop first: assigning over a tracked dict entry would keep the old head's weights tracked.
         self.heads.pop(name, None)
         self.heads[name] = head
-        self._traces.clear()
+        self._invalidate_traces()
         if set_active:
             self.active_head = name
 
@@ -488,8 +514,7 @@ class AdapterBertModel(keras.Model):
         self.heads.pop(name)
         if name in _head_names(self._active_head):
             self._active_head = None
-        self._traces.clear()
-        self._swap_traces()
+        self._invalidate_traces()
 
     @property
     def active_head(self):
@@ -518,11 +543,11 @@ class AdapterBertModel(keras.Model):
         if mask is None:
             mask = keras.ops.ones_like(inputs["input_ids"])
         if isinstance(outputs, list):  # Parallel: one head per branch
-            names = heads if isinstance(heads, list) else [heads] * len(outputs)
-            if len(names) != len(outputs):
-                raise ValueError(f"{len(outputs)} parallel branches but {len(names)} active "
-                                 f"heads {names}")
-            return [self.heads[n](o, mask, training=training) for n, o in zip(names, outputs)]
+            if not isinstance(heads, list) or len(heads) != len(outputs):
+                raise ValueError(f"{self.active_adapters} has {len(outputs)} branches but the "
+                                 f"active head is {heads}; give each branch a head named after "
+                                 "its last adapter, or call model.bert")
+            return [self.heads[n](o, mask, training=training) for n, o in zip(heads, outputs)]
         if isinstance(heads, BatchSplit):
             results, begin = [], 0
             for name, size in zip(heads.children, heads.batch_sizes):
@@ -624,7 +649,7 @@ class AdapterBertModel(keras.Model):
             head.trainable = False
             self.heads.pop(name, None)
             self.heads[name] = head
-            self._traces.clear()
+            self._invalidate_traces()
 
     def _read_head(self, directory: Path, name: str) -> ClassificationHead:
         meta = read_json(directory / HEAD_CONFIG_FILE, "head config")
@@ -707,8 +732,9 @@ class AdapterBertModel(keras.Model):
         heads = parse_heads_from_composition(setup)
         if heads is not None and not all(h in self.heads for h in _head_names(heads)):
             heads = None
-        head_setup = (setup_to_dict(heads) if isinstance(heads, (str, AdapterCompositionBlock))
-                      else heads)
+        # As the adapters library writes it: a name, a list, or a block's dict. On loading, the
+        # heads are derived from the setup again (each adapter's directory holds its head).
+        head_setup = setup_to_dict(heads) if isinstance(heads, AdapterCompositionBlock) else heads
         with atomic_directory(directory) as tmp:
             for name in names:
                 self.save_adapter(tmp / name, name)
@@ -739,7 +765,6 @@ class AdapterBertModel(keras.Model):
         loaded = [self._read_adapter(directory / name, name, True) for name in names]
         for item in loaded:
             self._put(*item)
-        self._traces.clear()
         if set_active:
             self.set_active_adapters(setup)
         return setup
@@ -791,6 +816,13 @@ def _head_names(heads) -> tuple[str, ...]:
     if isinstance(heads, AdapterCompositionBlock):
         return heads.flatten()
     return tuple(heads)
+
+
+def _check_not_merged(setup, modules: dict) -> None:
+    merged = [name for name in setup.flatten() if modules[name].merged]
+    if merged:
+        raise ValueError(f"adapter {merged[0]!r} is merged into the base weights, where every row "
+                         f"and branch of {setup} would see it; reset_adapter({merged[0]!r}) first")
 
 
 def _check_blocks(setup, modules: dict) -> None:

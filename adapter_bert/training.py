@@ -104,9 +104,17 @@ class TrainingArgs:
                     "worker_hosts", "task_index"}
         values = {k: v for k, v in dataclasses.asdict(self).items() if k not in keep_out}
         values["bucket_boundaries"] = list(self.bucket_boundaries)
-        # The loaded adapters' weights decide the run as much as the flags do.
-        values["load_adapters"] = [{"path": str(path), "sha256": _file_digest(
-            Path(path) / "adapter.safetensors")} for path in self.load_adapters]
+        # The loaded adapters' files decide the run as much as the flags do; the setup is
+        # compared as what it means, not as typed.
+        values["load_adapters"] = [
+            {"path": str(Path(path).resolve()),
+             **{name: _file_digest(Path(path) / name)
+                for name in ("adapter_config.json", "adapter.safetensors")}}
+            for path in self.load_adapters]
+        if self.load_adapters or self.adapter_setup is not None:
+            from adapter_bert.composition import setup_key
+
+            values["adapter_setup"] = setup_key(resolve_setup(self))
         return values
 
 
@@ -570,9 +578,11 @@ def train(args: TrainingArgs):
         losses = strategy.run(train_step, args=(inputs, labels))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
-    @tf.function(input_signature=[{"input_ids": spec, "attention_mask": spec, "token_type_ids": spec}])
-    def predict_step(inputs):
+    def predict(inputs):
         return model(inputs, training=False)
+
+    id_spec = [{"input_ids": spec, "attention_mask": spec, "token_type_ids": spec}]
+    predict_step = tf.function(predict, input_signature=id_spec)
 
     def evaluate(encoded, labels):
         dataset = make_dataset(encoded, None, args.eval_batch_size or 2 * args.batch_size,
@@ -666,6 +676,9 @@ def train(args: TrainingArgs):
     if (out / "adapter").is_dir():
         model.load_adapter(out / "adapter")  # the best epoch, not the last
         model.set_active_adapters(setup)
+        # A traced function keeps the variables it was traced with: trace anew for the reloaded
+        # adapter and head (evaluate, a closure, reads this name).
+        predict_step = tf.function(predict, input_signature=id_spec)  # noqa: F841
     if not isinstance(setup, str):
         model.save_adapter_setup(out / "setup", setup)
     if args.predict_test:

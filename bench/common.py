@@ -44,13 +44,30 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# The instruction-set extensions that decide which kernels the CPU runs (bf16 among them).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "fma")
+
+
+def cpu_flags() -> list[str]:
+    """The `CPU_FLAGS` this machine's /proc/cpuinfo lists."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return []
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            present = set(line.split(":", 1)[1].split())
+            return [flag for flag in CPU_FLAGS if flag in present]
+    return []
+
+
 def machine() -> dict:
-    """The processor, core count, and the versions of Python, TensorFlow and Keras."""
+    """The processor and its flags, core count, and the versions of Python, TensorFlow and Keras."""
     import keras
     import numpy as np
     import tensorflow as tf
 
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),
+    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
+            "machine": platform.machine(),
             "python": platform.python_version(), "tensorflow": tf.__version__,
             "keras": keras.__version__, "numpy": np.__version__,
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count(),

@@ -12,11 +12,10 @@ LEVELS = [
     ("adapter_bert.bert", "adapter_bert.io_utils", "adapter_bert.glue", "adapter_bert.testing"),
     ("adapter_bert.configuration",),
     ("adapter_bert.methods",),
-    ("adapter_bert.composition", "adapter_bert.averaging", "adapter_bert.fusion",
-     "adapter_bert.heads"),
+    ("adapter_bert.composition", "adapter_bert.averaging", "adapter_bert.heads"),
     ("adapter_bert.model",),
     ("adapter_bert.formats", "adapter_bert.export"),
-    ("adapter_bert.training", "adapter_bert.launch", "adapter_bert.sweep"),
+    ("adapter_bert.training", "adapter_bert.launch"),
 ]
 
 

@@ -522,3 +522,112 @@ def test_average_head():
     for vx, vy, v in zip(model.heads["x"].weights, model.heads["y"].weights, model.heads["xy"].weights):
         np.testing.assert_allclose(v.numpy(), 0.2 * vx.numpy() + 0.8 * vy.numpy(), rtol=1e-6, atol=1e-7)
     assert model.active_head == "y"  # adding a head without set_active leaves the active one
+
+
+# --- review findings: mixed families, sizes, dynamic shapes, replaced adapters --------------------
+
+def test_split_of_members_of_different_families():
+    model = _model()
+    model.add_adapter("l", config=SPLIT["lora"])
+    model.add_adapter("s", config=SPLIT["seq_bn"])
+    model.add_adapter("l2", config=SPLIT["lora"])
+    for name, seed in (("l", 1), ("s", 2), ("l2", 3)):
+        _randomise(model, name, seed)
+    inputs = random_inputs(batch=3, seq=10)
+    mask = inputs["attention_mask"].astype(bool)
+    own = {n: _seq(model, n, inputs) for n in ("l", "s", "l2")}
+    out = _seq(model, Split("l", "s", "l2", splits=[2, 5]), inputs)
+    for name, (lo, hi) in (("l", (0, 2)), ("s", (2, 5)), ("l2", (5, 10))):
+        np.testing.assert_allclose(out[:, lo:hi][mask[:, lo:hi]], own[name][:, lo:hi][mask[:, lo:hi]],
+                                   atol=1e-6)
+
+
+def test_batch_split_sizes_must_fit_the_batch():
+    model = _with(_model(), ACTING["seq_bn"])
+    model.set_active_adapters(BatchSplit("a", "b", batch_sizes=[2, 3]))
+    with pytest.raises(ValueError, match=r"needs batches of 5 rows \(its BatchSplit sizes\); this one has 4"):
+        model.bert(random_inputs(batch=4))
+    model.bert(random_inputs(batch=5))
+    spec = tf.TensorSpec([None, None], tf.int32)
+    traced = tf.function(lambda x: model.bert(x)["sequence_output"],
+                         input_signature=[{"input_ids": spec, "attention_mask": spec,
+                                           "token_type_ids": spec}])
+    assert traced(random_inputs(batch=5)).shape[0] == 5
+    with pytest.raises(tf.errors.InvalidArgumentError, match="needs batches of 5 rows"):
+        traced(random_inputs(batch=4))
+    with pytest.raises(ValueError, match=r"splits 3 rows; its group has 2"):
+        model.set_active_adapters(BatchSplit("a", BatchSplit("a", "b", batch_sizes=[1, 2]),
+                                             batch_sizes=[1, 2]))
+    with pytest.raises(ValueError, match="add up to different totals \\(3, 5\\)"):
+        model.set_active_adapters(Stack(BatchSplit("a", "b", batch_sizes=[1, 2]),
+                                        BatchSplit("a", "b", batch_sizes=[2, 3])))
+    model.set_active_adapters(Split("a", "b", splits=[4, 6]))
+    with pytest.raises(ValueError, match=r"needs batches of 10 positions"):
+        model.bert(random_inputs(seq=9))
+
+
+def test_prefixes_of_different_lengths_in_a_traced_function_with_dynamic_shapes():
+    model = _with(_model(), "prefix_tuning_flat[prefix_length=2]", "prefix_tuning_flat[prefix_length=5]")
+    inputs = random_inputs(batch=4, seq=9)
+    mask = inputs["attention_mask"].astype(bool)
+    own_a, own_b = _seq(model, "a", inputs), _seq(model, "b", inputs)
+    spec = tf.TensorSpec([None, None], tf.int32)
+    for setup in (Parallel("a", "b"), BatchSplit("a", "b", batch_sizes=[1, 3])):
+        model.set_active_adapters(setup)
+        traced = tf.function(lambda x: model.bert(x), input_signature=[
+            {"input_ids": spec, "attention_mask": spec, "token_type_ids": spec}])
+        out = traced(inputs)
+        if isinstance(setup, Parallel):
+            np.testing.assert_allclose(out[0]["sequence_output"].numpy()[mask], own_a[mask], atol=1e-6)
+            np.testing.assert_allclose(out[1]["sequence_output"].numpy()[mask], own_b[mask], atol=1e-6)
+        else:
+            seq = out["sequence_output"].numpy()
+            np.testing.assert_allclose(seq[:1][mask[:1]], own_a[:1][mask[:1]], atol=1e-6)
+            np.testing.assert_allclose(seq[1:][mask[1:]], own_b[1:][mask[1:]], atol=1e-6)
+
+
+def test_parallel_needs_a_head_per_branch():
+    model = _with(_model(), ACTING["seq_bn"])
+    model.add_classification_head("a", num_labels=2)
+    model.set_active_adapters(Parallel("a", "b"))  # "b" has no head: the active head stays "a"
+    with pytest.raises(ValueError, match="has 2 branches but the active head is a; give each "
+                                         "branch a head"):
+        model(random_inputs())
+    assert len(model.bert(random_inputs())) == 2
+
+
+def test_merged_adapters_stay_out_of_blocks():
+    model = _with(_model(), "lora[init_weights='bert']")
+    model.merge_adapter("a")
+    with pytest.raises(ValueError, match="adapter 'a' is merged into the base weights, where every "
+                                         "row and branch of Parallel\\[a, b\\] would see it"):
+        model.set_active_adapters(Parallel("a", "b"))
+    model.reset_adapter("a")
+    model.set_active_adapters(Stack("a", "b"))
+    with pytest.raises(ValueError, match="'a' is part of the active setup Stack\\[a, b\\]"):
+        model.merge_adapter("a")
+
+
+def test_replacing_adapters_and_heads_never_runs_a_stale_graph():
+    model = _with(_model(), ACTING["seq_bn"])
+    model.add_classification_head("a", num_labels=2)
+    inputs = random_inputs(batch=4)
+    model.set_active_adapters("a", skip_layers=[1])
+    first = model.predict(inputs, batch_size=4, verbose=0)
+    model.add_adapter("a", config=ACTING["lora"], overwrite_ok=True)
+    _randomise(model, "a", 7)
+    assert model.active_adapters == "a" and model.bert.skip_layers == frozenset([1])
+    replaced = model.predict(inputs, batch_size=4, verbose=0)
+    np.testing.assert_allclose(replaced, model(inputs).numpy(), atol=1e-6)
+    assert np.abs(replaced - first).max() > 1e-6
+    model.add_classification_head("a", num_labels=2, overwrite_ok=True)
+    np.testing.assert_allclose(model.predict(inputs, batch_size=4, verbose=0), model(inputs).numpy(),
+                               atol=1e-6)
+    model.set_active_adapters(Average("a", "b"))
+    model.add_adapter("p", config=ACTING["prefix"])
+    model.set_active_adapters(Stack("a", "p"))
+    with pytest.raises(ValueError, match="cannot take its place in the active setup: Average "
+                                         "cannot hold adapter 'b'"):
+        model.set_active_adapters(Average("a", "b")) or model.add_adapter(
+            "b", config=ACTING["prefix"], overwrite_ok=True)
+    assert model.active_adapters is None

@@ -12,8 +12,8 @@ from adapter_bert.configuration import AdapterConfig
 from adapter_bert.model import AdapterModule
 from adapter_bert.testing import random_inputs, tiny_bert_config, tiny_encoder
 
-# bert-base-uncased counts of the adapters library (adapter weights only: no head, no LayerNorm
-# copies), from DESIGN.md; scaled_par_bn adds one learned scalar per adapter.
+# bert-base-uncased counts of the adapters library's adapter_summary() (adapter weights only: no
+# head, no LayerNorm copies); scaled_par_bn adds one learned scalar per adapter.
 BERT_BASE_COUNTS = [
     ("seq_bn", 894_528),
     ("double_seq_bn", 1_789_056),

@@ -352,3 +352,33 @@ def test_setup_errors(tmp_path, tiny_checkpoint):
         with pytest.raises((ValueError, FileNotFoundError), match=match):
             run(_args(tmp_path, tiny_checkpoint, **values))
     assert not (tmp_path / "out" / "mrpc").exists()
+
+
+def test_test_predictions_come_from_the_best_epoch_not_the_last(tmp_path, tiny_checkpoint,
+                                                               monkeypatch):
+    """The first evaluation is made the best; the predictions must be that adapter's."""
+    from adapter_bert import AdapterBertModel, load_tokenizer
+    from adapter_bert.glue import data, metrics, submission
+
+    write_glue_task(tmp_path / "glue", "stsb")
+    scores = iter([0.9, 0.5, 0.1])
+    monkeypatch.setattr(metrics, "compute_metrics",
+                        lambda task, predictions, labels: {"pearson": next(scores), "spearman": 0.0})
+    captured = {}
+    real_write = submission.write_submission
+
+    def capture(task, split, guids, predictions, directory):
+        captured["predictions"] = np.asarray(predictions)
+        return real_write(task, split, guids, predictions, directory)
+
+    monkeypatch.setattr(submission, "write_submission", capture)
+    run(_args(tmp_path, tiny_checkpoint, task="stsb", epochs=1, eval_every=1))
+    out = tmp_path / "out" / "stsb"
+    assert json.loads((out / "results.json").read_text())["best"]["step"] == 1
+    model = AdapterBertModel.from_pretrained(tiny_checkpoint)
+    model.load_adapter(out / "adapter", set_active=True)
+    examples = data.read_glue_tsv(get_task("stsb"), str(tmp_path / "glue"), "test")
+    encoded = data.encode_examples(load_tokenizer(str(tiny_checkpoint)), examples, 32)
+    expected = np.concatenate([model(inputs).numpy()[:, 0] for inputs, _ in data.make_dataset(
+        encoded, None, 8, padding="dynamic", max_seq_length=32)])
+    np.testing.assert_allclose(captured["predictions"], expected, atol=1e-5)

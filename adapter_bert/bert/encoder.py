@@ -566,6 +566,23 @@ class BertEncoder(keras.layers.Layer):
                                  f"got {layer!r}")
         self._hooks.set(setup, skip_layers)
 
+    def _check_setup_fits(self, input_ids) -> None:
+        """A `BatchSplit` needs its rows and a `Split` of segment lengths its positions."""
+        checks = ((self._hooks.required_rows, 0, "rows (its BatchSplit sizes)"),
+                  (self._hooks.required_positions, 1, "positions (its Split segment lengths)"))
+        for needed, axis, what in checks:
+            if needed is None:
+                continue
+            message = f"the active setup {self.active_setup} needs batches of {needed} {what}"
+            actual = input_ids.shape[axis]
+            if actual is not None:
+                if actual != needed:
+                    raise ValueError(f"{message}; this one has {actual}")
+            elif tensorflow_backend():
+                import tensorflow as tf
+
+                tf.debugging.assert_equal(tf.shape(input_ids)[axis], needed, message=message)
+
     def _first_adapted_layer(self) -> int | None:
         """The first layer with a hook of the active setup (-1: the embeddings), else None."""
         layers = [len(self.layers) if point.layer is None and point.path.startswith("pooler")
@@ -597,6 +614,7 @@ class BertEncoder(keras.layers.Layer):
         if seq_len is not None and seq_len > max_len:
             raise ValueError(f"sequence length {seq_len} is above the model's "
                              f"max_position_embeddings ({max_len})")
+        self._check_setup_fits(input_ids)
         replicas = self._hooks.parallel_width
         replicate_at = self._first_adapted_layer() if replicas > 1 else None
         use_tokens = self.skip_padding and tensorflow_backend()

@@ -9,7 +9,7 @@ autodiff passes; the functions are the same to float rounding (`tests/test_fast_
 
 The hand-written gradients use `tf.custom_gradient`, so they run on the TensorFlow backend only;
 on any other Keras backend `gelu` and `LayerNorm` are Keras' own, so the layers stay portable
-(DESIGN.md: model code in `keras.layers` / `keras.ops`).
+(the model code is `keras.layers` / `keras.ops` only, so that it runs on JAX too).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Every place a method may act is a `HookPoint`, owned by a layer of the encoder and named by its
 path (`layer_3.attention.value`, `layer_3.output_residual`, `embeddings.layer_norm`, ...). A method
-registers one hook per point and per adapter name; registering twice, or removing what is not
+registers its hooks under the adapter's name (one per point and per method family, so a union
+such as LoRA + BitFit may put two on one Dense layer); registering twice, or removing what is not
 there, is an error naming the point and the adapter. Registered hooks do nothing until the
 encoder's *active setup* names their adapter: at each point the setup (an adapter name or a
 composition block, `adapter_bert.composition`) is walked once, and the hooks of the adapters it
@@ -184,9 +185,12 @@ class EncoderHooks:
         self.setup = None
         self.setup_names: frozenset = frozenset()
         self.skip_layers: frozenset = frozenset()
+        self.required_rows = self.required_positions = None
         self.context = ForwardContext()
 
     def set(self, setup, skip_layers=()) -> None:
+        """Activates `setup`; a `BatchSplit` or `Split` that cannot fit any batch is a ValueError."""
+        rows, positions = required_shape(setup)
         self.setup = setup
         if setup is None:
             self.setup_names = frozenset()
@@ -195,6 +199,7 @@ class EncoderHooks:
         else:
             self.setup_names = frozenset(setup.flatten())
         self.skip_layers = frozenset(skip_layers or ())
+        self.required_rows, self.required_positions = rows, positions
 
     @property
     def parallel_width(self) -> int:
@@ -209,6 +214,43 @@ class EncoderHooks:
             yield context
         finally:
             self.context = previous
+
+
+def required_shape(setup) -> tuple:
+    """`(rows, positions)` a batch must have under `setup`, each None when any will do.
+
+    `BatchSplit` sizes add up to the rows of the piece they split (the batch, or a copy of it in
+    `Parallel`, or the enclosing group); `Split` segment lengths add up to the sequence length.
+
+    Raises:
+        ValueError: sizes that no batch satisfies (two top-level splits of different sums, or a
+            nested split whose sizes do not add up to its group's).
+    """
+    found_rows, found_positions = set(), set()
+
+    def visit(node, rows):
+        if node is None or isinstance(node, str):
+            return
+        if node.block_type == "batch_split":
+            total = sum(node.batch_sizes)
+            if rows is None:
+                found_rows.add(total)
+            elif total != rows:
+                raise ValueError(f"{node} splits {total} rows; its group has {rows}")
+            for child, size in zip(node.children, node.batch_sizes):
+                visit(child, size)
+            return
+        if node.block_type == "split" and node.sequence_length() is not None:
+            found_positions.add(node.sequence_length())
+        for child in node.children:
+            visit(child, rows)
+
+    visit(setup, None)
+    for found, what in ((found_rows, "BatchSplit sizes"), (found_positions, "Split lengths")):
+        if len(found) > 1:
+            raise ValueError(f"the {what} of {setup} add up to different totals "
+                             f"({', '.join(map(str, sorted(found)))}); one batch cannot fit them")
+    return (next(iter(found_rows), None), next(iter(found_positions), None))
 
 
 def _parallel_width(setup) -> int:
@@ -413,11 +455,6 @@ class Composer:
         if not self.per_token:
             raise ValueError(f"{block} splits sequence positions; {self.point.path} is not per token")
         like = getattr(state, self.row_aligned[0])
-        length = block.sequence_length()
-        if length is not None and not rows.token_layout and like.shape[1] is not None \
-                and like.shape[1] != length:
-            raise ValueError(f"{block}: segment lengths {block.splits} add up to {length}, the "
-                             f"sequence has {like.shape[1]} positions")
         states = [self._walk(child, state, rows) for child in block.children]
         position = rows.position_of(like)
         bounds = [0] + block.boundaries() + [None]
@@ -425,8 +462,9 @@ class Composer:
         merged = {}
         for field in self.row_aligned:
             values = [getattr(s, field) for s in states]
-            if any(v is None for v in values):
+            if all(v is None for v in values):
                 continue
+            values = [self.fill(field, s) if v is None else v for v, s in zip(values, states)]
             out = values[-1]
             for i in range(len(values) - 2, -1, -1):
                 out = ops.where(_expand(position < bounds[i + 1], out), values[i], out)

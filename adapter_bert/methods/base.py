@@ -1,8 +1,7 @@
 """What every method shares: `AdapterMethod`, one method's weights for one adapter over the encoder.
 
 A method is a config (a dataclass in its module) plus a Keras layer that owns the new weights and
-says where they plug into the frozen base: `placements(encoder)` lists `(hook point path, hook)`
-pairs, and `attach` / `detach` register and unregister them under the adapter's name through the
+says where they plug into the frozen base: `placements()` lists `(hook point path, hook)` pairs, and `attach` / `detach` register and unregister them under the adapter's name through the
 encoder's hook API (`adapter_bert.bert.hooks`). Whether they run is the active setup's business,
 not the method's. `AdapterModule` (in `adapter_bert.model`) holds the methods of one named adapter,
 so a `ConfigUnion` such as MAM (prefix tuning + parallel adapter) is simply two methods attached
@@ -112,11 +111,11 @@ class AdapterMethod(keras.layers.Layer):
         for path, hook in self.placements():
             encoder.hook_point(path).remove(adapter, hook)
 
-    def merge(self, encoder) -> None:
+    def merge(self, encoder, adapter: str) -> None:
         raise TypeError(f"{type(self).__name__} cannot be merged into the base weights "
                         "(only LoRA and (IA)^3 can)")
 
-    def reset(self, encoder) -> None:
+    def reset(self, encoder, adapter: str) -> None:
         raise TypeError(f"{type(self).__name__} has nothing merged to reset")
 
     def base_variables(self, encoder) -> list:

@@ -16,9 +16,18 @@ whether the update is added (LoRA) or multiplies the output ((IA)^3).
 Example:
 >>> from adapter_bert import AdapterBertModel
 >>> from adapter_bert.testing import tiny_bert_config
+>>> import numpy as np
+>>> from adapter_bert.testing import random_inputs
 >>> model = AdapterBertModel.from_config(tiny_bert_config())
->>> model.add_adapter("lora1", config="lora[r=4, alpha=8]")
->>> model.merge_adapter("lora1"); model.reset_adapter("lora1")
+>>> model.add_adapter("lora1", config="lora[r=4, alpha=8, init_weights='bert']", set_active=True)
+>>> before = model.bert(random_inputs())["sequence_output"]
+>>> kernel = model.bert.layers[0].attention.query.kernel.numpy().copy()
+>>> model.merge_adapter("lora1")   # the update now lives in the kernels: same outputs
+>>> bool(np.allclose(model.bert(random_inputs())["sequence_output"], before, atol=1e-5))
+True
+>>> model.reset_adapter("lora1")   # the pretrained kernels come back exactly
+>>> bool(np.array_equal(model.bert.layers[0].attention.query.kernel.numpy(), kernel))
+True
 """
 
 from __future__ import annotations
