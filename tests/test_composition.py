@@ -190,9 +190,8 @@ def test_split_positions_equal_the_members_positions(family, skip_padding):
         out = _seq(model, setup, inputs)
         np.testing.assert_allclose(out[:, :4][mask[:, :4]], own_a[:, :4][mask[:, :4]], atol=1e-6)
         np.testing.assert_allclose(out[:, 4:][mask[:, 4:]], own_b[:, 4:][mask[:, 4:]], atol=1e-6)
-    with pytest.raises(ValueError, match=r"segment lengths \[4, 7\] add up to 11, the sequence "
-                                         "has 10 positions"):
-        model.bert.skip_padding = False
+    with pytest.raises(ValueError, match=r"needs batches of 11 positions \(its Split segment "
+                                         r"lengths\); this one has 10"):
         _seq(model, Split("a", "b", splits=[4, 7]), inputs)
 
 
