@@ -35,6 +35,10 @@ flags.DEFINE_string("adapter_setup", None,
                     "The composition the new adapter trains in, e.g. 'Stack(sst2, mrpc)' (names: "
                     "the loaded adapters and --task). Default: the loaded adapters stacked "
                     "under the new one.")
+flags.DEFINE_list("fusion", [],
+                  "Trained adapters' directories (DIR1,DIR2,...): loads them frozen and trains an "
+                  "AdapterFusion of them with a new head for --task.")
+flags.DEFINE_string("fusion_config", "dynamic", "AdapterFusion config: dynamic, static or a JSON file.")
 flags.DEFINE_string("method", None, "Method preset registered by a method module: houlsby, "
                     "pfeiffer, parallel, lora, ia3, prefix, bitfit, full, ...")
 flags.DEFINE_enum("pooling", "cls", ["cls", "mean"], "Head pooling: BERT's pooler or masked mean.")
@@ -79,9 +83,9 @@ def args_from_flags(values=FLAGS):
     except ValueError:
         raise ValueError(f"--bucket_boundaries must be integers, got {values.bucket_boundaries}") from None
     names = [f.name for f in dataclasses.fields(TrainingArgs)
-             if f.name not in ("bucket_boundaries", "worker_hosts", "load_adapters")]
+             if f.name not in ("bucket_boundaries", "worker_hosts", "load_adapters", "fusion")]
     return TrainingArgs(bucket_boundaries=buckets, worker_hosts=tuple(values.worker_hosts),
-                        load_adapters=tuple(values.load_adapter),
+                        load_adapters=tuple(values.load_adapter), fusion=tuple(values.fusion),
                         **{name: values[name].value for name in names})
 
 

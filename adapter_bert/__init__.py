@@ -17,8 +17,9 @@ _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from adapter_bert.bert.config import BertConfig  # noqa: E402
 from adapter_bert.bert.tokenizer import load_tokenizer  # noqa: E402
-from adapter_bert.composition import (Average, BatchSplit, Fuse, Parallel, Split,  # noqa: E402
-                                      Stack)
+from adapter_bert.composition import (Average, BatchSplit, Fuse, MultiTask, Parallel,  # noqa: E402
+                                      Split, Stack)
+from adapter_bert.fusion import AdapterFusionConfig  # noqa: E402
 from adapter_bert.configuration import AdapterConfig, ConfigUnion  # noqa: E402
 import adapter_bert.methods  # noqa: E402,F401  (every method registers itself)
 from adapter_bert.methods.bitfit import BitFitConfig  # noqa: E402
@@ -36,4 +37,5 @@ __version__ = "0.1.0"
 __all__ = ["AdapterBertModel", "BertConfig", "load_tokenizer", "AdapterConfig", "ConfigUnion",
            "BnConfig", "SeqBnConfig", "DoubleSeqBnConfig", "ParBnConfig", "LoRAConfig", "IA3Config",
            "PrefixTuningConfig", "MAMConfig", "BitFitConfig", "FullFinetuningConfig",
-           "Stack", "Parallel", "BatchSplit", "Average", "Split", "Fuse"]
+           "Stack", "Parallel", "BatchSplit", "Average", "Split", "Fuse", "MultiTask",
+           "AdapterFusionConfig"]

@@ -16,6 +16,7 @@ The blocks, their names and their nesting rules are the adapters library's
   hook point (weights normalised to sum 1 unless `normalize_weights=False`).
 * `Split("a", "b", splits=[k])`: sequence positions before `k` through `a`, the rest through `b`.
 * `Fuse("a", "b")`: AdapterFusion over the members' bottleneck adapters (needs a fusion layer).
+* `MultiTask("a", "b")`: each row through the member its `task_ids` input names.
 
 Where this package departs from the library, it is because the library's result is not what the
 block is documented to do, and each departure agrees with the library wherever the library's
@@ -164,8 +165,10 @@ class Fuse(AdapterCompositionBlock):
     block_type = "fuse"
 
     def __init__(self, *children, name: str | None = None):
-        self._name = name
+        self._name = None
         super().__init__(*children)
+        if name is not None and name != self.name:  # the default name is no option
+            self._name = name
 
     @property
     def name(self) -> str:
@@ -275,11 +278,25 @@ class Split(AdapterCompositionBlock):
         return {"splits": list(self.splits)}
 
 
-BLOCKS = {cls.__name__: cls for cls in (Stack, Parallel, Fuse, BatchSplit, Average, Split)}
+class MultiTask(AdapterCompositionBlock):
+    """Each row goes through the member its `task_ids` entry names (an index into the members).
+
+    The model's inputs carry `task_ids` (int `[batch]`); rows are grouped by task once, before
+    the embeddings, so each member runs on its own rows only, and put back in order at the end.
+    This is what a server batching requests of several tasks needs (the mixed-task signature of
+    `adapter_bert.export`).
+    """
+
+    block_type = "multi_task"
+
+
+BLOCKS = {cls.__name__: cls for cls in (Stack, Parallel, Fuse, BatchSplit, Average, Split,
+                                        MultiTask)}
 
 #: Which children each block may hold (the adapters library's table; `str`: an adapter name).
 ALLOWED_NESTINGS = {
-    Stack: (str, Fuse, Split, Parallel, BatchSplit, Average),
+    Stack: (str, Fuse, Split, Parallel, BatchSplit, Average, MultiTask),
+    MultiTask: (str, Stack, Average, Fuse),
     Fuse: (str, Stack),
     Split: (str, Split, Stack, BatchSplit, Average),
     Parallel: (str, Stack, BatchSplit, Average),
@@ -352,7 +369,7 @@ def parse_heads_from_composition(setup, heads=None):
 
     A name, or a `Stack` ending in a name: that name. A `Parallel` (or a `Stack` ending in one):
     a list with the last name of each branch. A `BatchSplit` likewise: a `BatchSplit` of those
-    names. Anything else: None. With `heads` (the names that exist), a name without a head
+    names (a `MultiTask`: a `MultiTask` of them; the library has no heads for it). Anything else: None. With `heads` (the names that exist), a name without a head
     gives None and a `BatchSplit` with a missing head is a ValueError.
 
     Example:
@@ -366,12 +383,14 @@ def parse_heads_from_composition(setup, heads=None):
         return final if heads is None or final in heads else None
     if isinstance(final, Parallel):
         return [c if isinstance(c, str) else c.last() for c in final.children]
-    if isinstance(final, BatchSplit):
+    if isinstance(final, (BatchSplit, MultiTask)):
         names = [c if isinstance(c, str) else c.last() for c in final.children]
         missing = [n for n in names if heads is not None and n not in heads]
         if missing:
-            raise ValueError(f"BatchSplit heads missing: {', '.join(missing)} (expected heads "
-                             f"{', '.join(names)})")
+            raise ValueError(f"{type(final).__name__} heads missing: {', '.join(missing)} "
+                             f"(expected heads {', '.join(names)})")
+        if isinstance(final, MultiTask):
+            return MultiTask(*names)
         return BatchSplit(*names, batch_sizes=final.batch_sizes)
     return None
 

@@ -10,7 +10,12 @@ Signatures of a single-task export:
                    tokenizing in the graph (needs the tensorflow_text ops to load)
 
 A multi-task export has, per task, `<task>` and `<task>_text`; `serving_default` is the first
-task's id signature. Each signature is traced with its own adapter (or setup: `Stack("lang",
+task's id signature. It also has `mixed` (the id inputs plus `task`, a string per row) and
+`mixed_text` (`text_a`, `text_b`, `task`): each row goes through its own task's adapters and
+head, over one pass of the base; `logits` / `probabilities` are padded to the largest label
+count (-inf / 0, and all padding for regression rows), `label` is -1 and `score` the output for
+regression rows (NaN for the others), `task_index` the row's task. An unknown task name fails
+the call. Each signature is traced with its own adapter (or setup: `Stack("lang",
 "mrpc")`) active, so the base's weights are stored once and every task adds only its adapters and
 head.
 
@@ -54,7 +59,8 @@ def _outputs(head, logits):
 
 def export_saved_model(model, export_dir: str | os.PathLike, tasks, tokenizer=None,
                        max_seq_length: int = 128, pair_tasks=None, merge: bool = False,
-                       version: int | None = None, setups: dict | None = None) -> Path:
+                       version: int | None = None, setups: dict | None = None,
+                       mixed: bool | None = None) -> Path:
     """Writes a SavedModel of `tasks` (adapter + head of each name) to `<export_dir>/<version>/`.
 
     Args:
@@ -69,8 +75,10 @@ def export_saved_model(model, export_dir: str | os.PathLike, tasks, tokenizer=No
             afterwards.
         version: the version number; default `next_version(export_dir)`.
         setups: per task, the adapter setup its signatures run (a name or a composition block
-            ending in the task's adapter, e.g. `Stack("lang", "mrpc")`); default the task's
-            adapter alone.
+            ending in the task's adapter, e.g. `Stack("lang", "mrpc")`, or a `Fuse`); default
+            the task's adapter alone.
+        mixed: add the `mixed` (and, with a tokenizer, `mixed_text`) signatures, whose rows may
+            each belong to another task; default: when there are several tasks.
 
     Returns:
         The version directory written.
@@ -81,13 +89,17 @@ def export_saved_model(model, export_dir: str | os.PathLike, tasks, tokenizer=No
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     if not tasks:
         raise ValueError("export_saved_model needs at least one task")
-    from adapter_bert.composition import as_setup
+    from adapter_bert.composition import MultiTask, as_setup
 
     setups = {task: as_setup((setups or {}).get(task, task)) for task in tasks}
     for task in tasks:
-        model._adapter(task)
+        for name in ((setups[task],) if isinstance(setups[task], str) else setups[task].flatten()):
+            model._adapter(name)
         if task not in model.heads:
             raise KeyError(f"no head named {task!r} to export")
+    mixed = len(tasks) > 1 if mixed is None else mixed
+    if mixed:
+        mixed_setup = MultiTask(*[setups[t] for t in tasks])  # refuses setups it cannot hold
     if merge and not isinstance(setups[tasks[0]], str):
         raise ValueError(f"merge=True merges one adapter into the base; {tasks[0]!r} is served "
                          f"by the setup {setups[tasks[0]]}")
@@ -102,7 +114,8 @@ def export_saved_model(model, export_dir: str | os.PathLike, tasks, tokenizer=No
         raise FileExistsError(f"export version {target} exists already")
 
     active, head_before, skip = model.active_adapters, model.active_head, model.bert.skip_layers
-    merged = merge and any(m.mergeable for m in model._adapter(tasks[0]).methods)
+    merged = merge and isinstance(setups[tasks[0]], str) and any(
+        m.mergeable for m in model._adapter(tasks[0]).methods)
     if merged:
         model.merge_adapter(tasks[0])
     spec = tf.TensorSpec([None, None], tf.int32)
@@ -127,6 +140,16 @@ def export_saved_model(model, export_dir: str | os.PathLike, tasks, tokenizer=No
             pair = task in pair_tasks
             archive.add_endpoint(text_name, _text_signature(in_graph, forward, pair),
                                  input_signature=[string, string] if pair else [string])
+        if mixed:
+            table = _task_table(tasks)
+            archive.track(table)
+            forward = _mixed_signature(model, tasks, mixed_setup, table)
+            string = tf.TensorSpec([None], tf.string)
+            archive.add_endpoint("mixed", forward, input_signature=[spec, spec, spec, string])
+            if in_graph is not None:
+                archive.add_endpoint("mixed_text", _mixed_text_signature(
+                    in_graph, forward, [t in pair_tasks for t in tasks], table),
+                    input_signature=[string, string, string])
         export_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=export_dir))
         try:
@@ -155,6 +178,84 @@ def _id_signature(model, task, setup):
         return _outputs(model.heads[task], logits)
 
     return forward
+
+
+def _task_table(tasks):
+    import tensorflow as tf
+
+    return tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(tasks), tf.range(len(tasks), dtype=tf.int32)),
+        default_value=-1)
+
+
+def _task_indices(table, tasks, task):
+    """Each row's task index; an unknown name fails the call, naming it and the known ones."""
+    import tensorflow as tf
+
+    ids = table.lookup(task)
+    unknown = tf.boolean_mask(task, ids < 0)
+    check = tf.debugging.Assert(tf.size(unknown) == 0, [
+        f"unknown task in `task`; the known tasks are {', '.join(tasks)}; unknown:", unknown])
+    with tf.control_dependencies([check]):
+        return tf.identity(ids)
+
+
+def _mixed_signature(model, tasks, setup, table):
+    """The `mixed` serving function: each row through its `task`'s adapters and head.
+
+    The rows are sorted by task once inside the encoder, so the base runs once over the batch
+    and each task's adapters only on that task's rows.
+    """
+    import tensorflow as tf
+
+    regression = tf.constant([model.heads[t].problem_type == "regression" for t in tasks])
+
+    def mixed(input_ids, attention_mask, token_type_ids, task):
+        from adapter_bert.composition import MultiTask
+
+        ids = _task_indices(table, tasks, task)
+        model.set_active_adapters(setup)
+        model.active_head = MultiTask(*tasks)
+        logits = model({"input_ids": input_ids, "attention_mask": attention_mask,
+                        "token_type_ids": token_type_ids, "task_ids": ids}, training=False)
+        is_regression = tf.gather(regression, ids)
+        regression_rows = is_regression[:, None]
+        padding = tf.fill(tf.shape(logits), tf.constant(float("-inf"), logits.dtype))
+        class_logits = tf.where(regression_rows, padding, logits)
+        # Padding columns are -inf, so their probability is 0; regression rows have none.
+        probabilities = tf.where(regression_rows, tf.zeros_like(logits),
+                                 tf.nn.softmax(tf.where(regression_rows, tf.zeros_like(logits),
+                                                        class_logits)))
+        nan = tf.fill(tf.shape(ids), tf.constant(float("nan"), logits.dtype))
+        return {"logits": class_logits, "probabilities": probabilities,
+                "label": tf.where(is_regression, -1, tf.argmax(class_logits, -1, output_type=tf.int32)),
+                "score": tf.where(is_regression, logits[:, 0], nan), "task_index": ids}
+
+    return mixed
+
+
+def _mixed_text_signature(in_graph, forward, pairs, table):
+    """The `mixed_text` serving function: `text_a`, `text_b` (ignored for single-text tasks)
+    and `task`, tokenized in the graph, each row as its task tokenizes it."""
+    import tensorflow as tf
+
+    is_pair = tf.constant(pairs)
+
+    def mixed_text(text_a, text_b, task):
+        single, pair = in_graph(text_a), in_graph(text_a, text_b)
+        width = tf.maximum(tf.shape(single["input_ids"])[1], tf.shape(pair["input_ids"])[1])
+        rows = tf.gather(is_pair, tf.maximum(table.lookup(task), 0))
+        features = {}
+        for key in ("input_ids", "attention_mask", "token_type_ids"):
+            a, b = (tf.pad(f[key], [[0, 0], [0, width - tf.shape(f[key])[1]]]) for f in (single, pair))
+            features[key] = tf.where(rows[:, None], b, a)
+        # Trim columns that are padding in every row, as the single-task signatures would.
+        used = tf.reduce_max(tf.reduce_sum(features["attention_mask"], axis=1))
+        features = {k: v[:, :used] for k, v in features.items()}
+        return forward(features["input_ids"], features["attention_mask"], features["token_type_ids"],
+                       task)
+
+    return mixed_text
 
 
 def _text_signature(in_graph, forward, pair: bool):

@@ -41,10 +41,11 @@ from adapter_bert.bert.checkpoint import (encoder_state, load_pretrained_encoder
 from adapter_bert.bert.config import BertConfig
 from adapter_bert.averaging import average_heads, average_modules
 from adapter_bert.bert.encoder import BertEncoder
-from adapter_bert.composition import (AdapterCompositionBlock, BatchSplit, as_setup,
+from adapter_bert.composition import (AdapterCompositionBlock, BatchSplit, Fuse, MultiTask, as_setup,
                                       parse_heads_from_composition, setup_from_dict, setup_key,
                                       setup_to_dict)
 from adapter_bert.configuration import AdapterConfig, ConfigUnion
+from adapter_bert.fusion import FUSION_PRESETS, AdapterFusionConfig, FusionModule
 from adapter_bert.heads import ClassificationHead, RegressionHead
 from adapter_bert.io_utils import atomic_directory, read_json, recover_directory, write_json
 from adapter_bert.methods.base import AdapterMethod, named_variables
@@ -56,6 +57,8 @@ ADAPTER_WEIGHTS_FILE = "adapter.safetensors"
 HEAD_CONFIG_FILE = "head_config.json"
 HEAD_WEIGHTS_FILE = "head.safetensors"
 SETUP_FILE = "adapter_setup.json"
+FUSION_CONFIG_FILE = "adapter_fusion_config.json"
+FUSION_WEIGHTS_FILE = "model_adapter_fusion.safetensors"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Sizes an adapter's weights depend on; a saved adapter loads only into a base that matches them.
 _SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
@@ -156,9 +159,11 @@ class AdapterBertModel(keras.Model):
         self.bert = bert
         self.checkpoint_dir = checkpoint_dir
         self.adapter_modules = {}
+        self.fusion_modules = {}
         self.heads = {}
         self._active_head = None
         self._training_adapters: set[str] = set()
+        self._training_fusions: set[str] = set()
         # Keras' traced train / test / predict functions bake in the setup that was active when
         # they were traced; they are kept per setup, so switching back reuses the right ones.
         self._traces: dict[tuple, dict] = {}
@@ -240,7 +245,11 @@ class AdapterBertModel(keras.Model):
         """Puts a built module in place of any adapter of that name and registers its hooks."""
         setup, skip_layers = self.active_adapters, self.bert.skip_layers
         if name in self.adapter_modules:
-            self.delete_adapter(name)
+            self._replacing = True
+            try:
+                self.delete_adapter(name)
+            finally:
+                self._replacing = False
         module.trainable = False
         module.attach(self.bert)
         self.adapter_modules[name] = module
@@ -253,8 +262,15 @@ class AdapterBertModel(keras.Model):
                                  f"active setup: {e}; no setup is active now") from None
 
     def delete_adapter(self, name: str) -> None:
-        """Removes an adapter (resetting it first if it is merged); a setup naming it is cleared."""
+        """Removes an adapter (resetting it first if it is merged); a setup naming it is cleared.
+
+        An adapter that a fusion fuses is refused: delete the fusion first.
+        """
         module = self._adapter(name)
+        fused = [f for f, m in self.fusion_modules.items() if name in m.adapters]
+        if fused and not getattr(self, "_replacing", False):
+            raise ValueError(f"adapter {name!r} is fused in {', '.join(map(repr, fused))}; "
+                             "delete_adapter_fusion first")
         if name in _names(self.active_adapters):
             self.set_active_adapters(None)
         if module.merged:
@@ -286,7 +302,7 @@ class AdapterBertModel(keras.Model):
         setup = as_setup(setup)
         for name in _names(setup):
             self._adapter(name)
-        _check_blocks(setup, self.adapter_modules)
+        _check_blocks(setup, self.adapter_modules, self.fusion_modules)
         if not isinstance(setup, (str, type(None))):
             _check_not_merged(setup, self.adapter_modules)
         self.bert.set_active_setup(setup, tuple(skip_layers or ()))
@@ -300,7 +316,7 @@ class AdapterBertModel(keras.Model):
         head = self._active_head
         head = setup_key(head) if isinstance(head, AdapterCompositionBlock) else repr(head)
         return (setup_key(self.active_adapters), tuple(sorted(self.bert.skip_layers)), head,
-                merged, tuple(sorted(self._training_adapters)))
+                merged, tuple(sorted(self._training_adapters)), tuple(sorted(self._training_fusions)))
 
     def _invalidate_traces(self) -> None:
         """Forgets every traced function: the adapters or heads they captured have changed."""
@@ -345,17 +361,22 @@ class AdapterBertModel(keras.Model):
         self.bert.trainable = any(self.adapter_modules[n].trains_base for n in names)
         for other_name, other in self.adapter_modules.items():
             other.trainable = other_name in names
+        for fusion in self.fusion_modules.values():
+            fusion.trainable = False
         for head_name, head in self.heads.items():
             head.trainable = head_name in names
         self._training_adapters = set(names)
+        self._training_fusions = set()
         self._swap_traces()
 
     def freeze_model(self) -> None:
         """Makes every weight untrainable (inference)."""
         self.bert.trainable = False
-        for layer in list(self.adapter_modules.values()) + list(self.heads.values()):
+        for layer in (list(self.adapter_modules.values()) + list(self.fusion_modules.values())
+                      + list(self.heads.values())):
             layer.trainable = False
         self._training_adapters = set()
+        self._training_fusions = set()
         self._swap_traces()
 
     def _mergeable_methods(self, name: str) -> list[AdapterMethod]:
@@ -468,6 +489,171 @@ class AdapterBertModel(keras.Model):
         if set_active:
             self.active_head = name
 
+    # --- AdapterFusion -----------------------------------------------------------------------------
+
+    @property
+    def fusions(self) -> dict[str, FusionModule]:
+        """The AdapterFusions by name (`Fuse("a", "b").name` is `"a,b"`)."""
+        return dict(self.fusion_modules)
+
+    def _fusion(self, fusion) -> FusionModule:
+        name = fusion.name if isinstance(fusion, Fuse) else fusion
+        if name not in self.fusion_modules:
+            known = ", ".join(sorted(self.fusion_modules)) or "none"
+            raise KeyError(f"no AdapterFusion named {name!r} (fusions: {known})")
+        return self.fusion_modules[name]
+
+    def add_adapter_fusion(self, fuse, config="dynamic", name: str | None = None,
+                           overwrite_ok: bool = False, set_active: bool = False) -> None:
+        """Adds an AdapterFusion over bottleneck adapters (`Fuse("a", "b")`, or a list of names).
+
+        Args:
+            fuse: the adapters to fuse.
+            config: `"dynamic"` (default), `"static"`, an `AdapterFusionConfig`, a dict or a
+                JSON file (see `adapter_bert.fusion`).
+            name: the fusion's name; default the members' names joined by commas.
+            set_active: activate the `Fuse` setup.
+
+        Example:
+        >>> from adapter_bert.testing import tiny_bert_config
+        >>> model = AdapterBertModel.from_config(tiny_bert_config())
+        >>> model.add_adapter("a", config="seq_bn"); model.add_adapter("b", config="seq_bn")
+        >>> model.add_adapter_fusion(Fuse("a", "b"), set_active=True)
+        >>> model.active_adapters, list(model.fusions)
+        (Fuse[a, b], ['a,b'])
+        """
+        if not isinstance(fuse, Fuse):
+            fuse = Fuse(*([fuse] if isinstance(fuse, str) else fuse), name=name)
+        elif name is not None:
+            fuse = Fuse(*fuse.children, name=name)
+        fusion_name = fuse.name
+        if fusion_name in self.fusion_modules and not overwrite_ok:
+            raise ValueError(f"an AdapterFusion named {fusion_name!r} exists already "
+                             "(pass overwrite_ok=True)")
+        members = fuse.flatten()
+        modules = [self._adapter(n) for n in members]
+        cfg = self.bert.bert_config
+        module = FusionModule(fusion_name, members, AdapterFusionConfig.load(config), modules,
+                              cfg.hidden_size, cfg.num_hidden_layers,
+                              dropout=cfg.attention_probs_dropout_prob, dtype=self.bert.dtype_policy)
+        self._install_fusion(module)
+        if set_active:
+            self.set_active_adapters(fuse)
+
+    def _install_fusion(self, module: FusionModule) -> None:
+        if module.fusion_name in self.fusion_modules:
+            self.delete_adapter_fusion(module.fusion_name)
+        module.trainable = False
+        module.attach(self.bert)
+        self.fusion_modules[module.fusion_name] = module
+        self._invalidate_traces()
+
+    def delete_adapter_fusion(self, fusion) -> None:
+        """Removes an AdapterFusion; a setup that uses it is cleared."""
+        module = self._fusion(fusion)
+        if module.fusion_name in _fusion_names(self.active_adapters):
+            self.set_active_adapters(None)
+        module.detach(self.bert)
+        self._training_fusions.discard(module.fusion_name)
+        self.fusion_modules.pop(module.fusion_name)
+        self._invalidate_traces()
+
+    def train_adapter_fusion(self, fuse, unfreeze_adapters: bool = False) -> None:
+        """Activates a setup with a `Fuse` and makes only its fusion layers (and, with
+        `unfreeze_adapters`, the fused adapters) and the active head trainable."""
+        setup = as_setup(fuse)
+        names = _fusion_names(setup)
+        if not names:
+            raise ValueError(f"{setup} holds no Fuse block to train")
+        self.set_active_adapters(setup)
+        self.bert.trainable = False
+        members = set(_names(setup)) if unfreeze_adapters else set()
+        for name, module in self.adapter_modules.items():
+            module.trainable = name in members
+        for name, module in self.fusion_modules.items():
+            module.trainable = name in names
+        for name, head in self.heads.items():
+            head.trainable = name == self._active_head or name in members
+        self._training_adapters = members
+        self._training_fusions = set(names)
+        self._invalidate_traces()
+
+    def fusion_regularization_loss(self):
+        """The regularisation of the active, trainable fusions whose config asks for it
+        (`0.01 * ||I - V||^2` per value projection, as in the adapters library); 0 without."""
+        total = 0.0
+        for name in _fusion_names(self.active_adapters):
+            module = self.fusion_modules[name]
+            if module.trainable and module.fusion_config.regularization:
+                total = total + module.regularization_loss()
+        return total
+
+    def save_adapter_fusion(self, directory: str | os.PathLike, fusion, with_head=True) -> None:
+        """Writes an AdapterFusion to `directory`, atomically: `adapter_fusion_config.json` and
+        `model_adapter_fusion.safetensors`, and a head (`with_head`: True for the head named
+        after the fusion, or a head's name)."""
+        from safetensors.numpy import save_file
+
+        module = self._fusion(fusion)
+        head = module.fusion_name if with_head is True else (with_head or None)
+        if head is not None and head not in self.heads:
+            if with_head is True:
+                head = None
+            else:
+                raise KeyError(f"no head named {head!r} to save with the fusion")
+        target = Path(directory)
+        if target.exists() and not target.is_dir():
+            raise ValueError(f"{target} is a file; save_adapter_fusion writes a directory")
+        if target.is_dir() and any(target.iterdir()) and not (target / FUSION_CONFIG_FILE).is_file():
+            raise ValueError(f"{target} is a non-empty directory that holds no saved fusion; "
+                             "pick an empty one")
+        with atomic_directory(directory) as tmp:
+            write_json(tmp / FUSION_CONFIG_FILE, {
+                "name": module.fusion_name, "adapters": module.adapters,
+                "config": module.fusion_config.to_dict(), "model_config": self._shape_config(),
+                "head": head, "library": "adapter_bert", "format_version": 1})
+            save_file({k: np.ascontiguousarray(v.numpy()) for k, v in module.named_variables().items()},
+                      str(tmp / FUSION_WEIGHTS_FILE), metadata={"format": "adapter_bert"})
+            if head is not None:
+                self._write_head(tmp, head)
+
+    def load_adapter_fusion(self, directory: str | os.PathLike, set_active: bool = False,
+                            with_head: bool = True) -> str:
+        """Loads a fusion written by `save_adapter_fusion` over adapters this model has; returns
+        its name. Nothing is added unless everything loads."""
+        directory = Path(directory)
+        recover_directory(directory)
+        meta = read_json(directory / FUSION_CONFIG_FILE, "fusion config")
+        for key in ("name", "adapters", "config", "model_config"):
+            if not isinstance(meta, dict) or key not in meta:
+                raise ValueError(f"{directory / FUSION_CONFIG_FILE} has no {key!r}")
+        self._check_shape(meta["model_config"], f"fusion in {directory}")
+        missing = [a for a in meta["adapters"] if a not in self.adapter_modules]
+        if missing:
+            raise ValueError(f"fusion in {directory} fuses {', '.join(map(repr, missing))}, which "
+                             "this model does not have: load those adapters first")
+        cfg = self.bert.bert_config
+        module = FusionModule(meta["name"], meta["adapters"], AdapterFusionConfig.load(meta["config"]),
+                              [self.adapter_modules[a] for a in meta["adapters"]], cfg.hidden_size,
+                              cfg.num_hidden_layers, dropout=cfg.attention_probs_dropout_prob,
+                              dtype=self.bert.dtype_policy)
+        _assign_named(module.named_variables(), _read_weights(directory / FUSION_WEIGHTS_FILE),
+                      directory / FUSION_WEIGHTS_FILE)
+        head = None
+        if with_head and meta.get("head") and (directory / HEAD_CONFIG_FILE).is_file():
+            head = self._read_head(directory, meta["head"])
+        self._install_fusion(module)
+        if head is not None:
+            head.trainable = False
+            self.heads.pop(meta["head"], None)
+            self.heads[meta["head"]] = head
+            self._invalidate_traces()
+        if set_active:
+            self.set_active_adapters(Fuse(*module.adapters, name=module.fusion_name))
+            if head is not None:
+                self.active_head = meta["head"]
+        return module.fusion_name
+
     # --- heads -------------------------------------------------------------------------------------
 
     def add_classification_head(self, name: str, num_labels: int = 2, pooling: str = "cls",
@@ -548,6 +734,8 @@ class AdapterBertModel(keras.Model):
                                  f"active head is {heads}; give each branch a head named after "
                                  "its last adapter, or call model.bert")
             return [self.heads[n](o, mask, training=training) for n, o in zip(heads, outputs)]
+        if isinstance(heads, MultiTask):
+            return self._multi_task_logits(outputs, mask, inputs, heads, training)
         if isinstance(heads, BatchSplit):
             results, begin = [], 0
             for name, size in zip(heads.children, heads.batch_sizes):
@@ -558,6 +746,26 @@ class AdapterBertModel(keras.Model):
         if isinstance(heads, list):
             return [self.heads[n](outputs, mask, training=training) for n in heads]
         return self.heads[heads](outputs, mask, training=training)
+
+    def _multi_task_logits(self, outputs, mask, inputs, heads, training):
+        """Each row's own head's logits, `[batch, most labels]`, padded with -inf (a regression
+        head's score in column 0). Heads are cheap next to the encoder, so each runs on every
+        row and each row keeps its own."""
+        ops = keras.ops
+        if "task_ids" not in inputs:
+            raise ValueError(f"the active head {heads} needs `task_ids` in the inputs")
+        task_ids = ops.cast(inputs["task_ids"], "int32")
+        width = max(self.heads[n].num_labels for n in heads.children)
+        result = None
+        for index, name in enumerate(heads.children):
+            logits = self.heads[name](outputs, mask, training=training)
+            missing = width - logits.shape[-1]
+            if missing:
+                pad = ops.full((ops.shape(logits)[0], missing), float("-inf"), logits.dtype)
+                logits = ops.concatenate([logits, pad], axis=-1)
+            mine = (task_ids == index)[:, None]
+            result = logits if result is None else ops.where(mine, logits, result)
+        return result
 
     # --- saving and loading ------------------------------------------------------------------------
 
@@ -575,6 +783,8 @@ class AdapterBertModel(keras.Model):
 
         module = self._adapter(name)
         target = Path(directory)
+        if target.exists() and not target.is_dir():
+            raise ValueError(f"{target} is a file; save_adapter writes a directory")
         if target.is_dir() and any(target.iterdir()) and not (target / ADAPTER_CONFIG_FILE).is_file():
             raise ValueError(f"{target} is a non-empty directory that holds no saved adapter; "
                              "save_adapter replaces its directory as a whole, pick an empty one")
@@ -589,14 +799,28 @@ class AdapterBertModel(keras.Model):
                 "format_version": 1})
             save_file(weights, str(tmp / ADAPTER_WEIGHTS_FILE), metadata={"format": "adapter_bert"})
             if with_head and name in self.heads:
-                head = self.heads[name]
-                head_config = {k: v for k, v in head.get_config().items()
-                               if k not in ("name", "dtype", "trainable")}
-                write_json(tmp / HEAD_CONFIG_FILE, {"name": name, "head_class": type(head).__name__,
-                                                    "config": head_config})
-                save_file({k: np.ascontiguousarray(v.numpy())
-                           for k, v in named_variables(head).items()},
-                          str(tmp / HEAD_WEIGHTS_FILE))
+                self._write_head(tmp, name)
+
+    def _write_head(self, directory: Path, name: str) -> None:
+        """`head_config.json` and `head.safetensors` of head `name` into `directory`."""
+        from safetensors.numpy import save_file
+
+        head = self.heads[name]
+        head_config = {k: v for k, v in head.get_config().items()
+                       if k not in ("name", "dtype", "trainable")}
+        write_json(directory / HEAD_CONFIG_FILE, {"name": name, "head_class": type(head).__name__,
+                                                  "config": head_config})
+        save_file({k: np.ascontiguousarray(v.numpy()) for k, v in named_variables(head).items()},
+                  str(directory / HEAD_WEIGHTS_FILE))
+
+    def _check_shape(self, model_config, what: str) -> None:
+        """A one-line error when saved weights were made for a base of another size."""
+        mine = self._shape_config()
+        theirs = {k: (model_config or {}).get(k) for k in _SHAPE_KEYS}
+        if theirs != mine:
+            diff = ", ".join(f"{k}={theirs[k]} (this model: {mine[k]})" for k in _SHAPE_KEYS
+                             if theirs[k] != mine[k])
+            raise ValueError(f"{what} was trained for a base of another size: {diff}")
 
     def load_adapter(self, directory: str | os.PathLike, load_as: str | None = None,
                      with_head: bool = True, set_active: bool = False) -> str:
@@ -619,12 +843,9 @@ class AdapterBertModel(keras.Model):
         meta = read_json(directory / ADAPTER_CONFIG_FILE, "adapter config")
         if not isinstance(meta, dict) or "config" not in meta or "model_config" not in meta:
             raise ValueError(f"{directory / ADAPTER_CONFIG_FILE} is not an adapter_bert adapter config")
-        mine = self._shape_config()
-        theirs = {k: meta["model_config"].get(k) for k in _SHAPE_KEYS}
-        if theirs != mine:
-            diff = ", ".join(f"{k}={theirs[k]} (this model: {mine[k]})" for k in _SHAPE_KEYS
-                             if theirs[k] != mine[k])
-            raise ValueError(f"adapter in {directory} was trained for a base of another size: {diff}")
+        if not isinstance(meta["model_config"], dict):
+            raise ValueError(f"{directory / ADAPTER_CONFIG_FILE}: 'model_config' is not an object")
+        self._check_shape(meta["model_config"], f"adapter in {directory}")
         name = load_as or meta["name"]
         _check_name(name, "adapter")
         weights = _read_weights(directory / ADAPTER_WEIGHTS_FILE)
@@ -686,6 +907,12 @@ class AdapterBertModel(keras.Model):
             rows.append({"name": name, "architecture": label,
                          "params": base_params if module.trains_base else module.num_params(),
                          "active": name in active, "train": name in self._training_adapters})
+        fused = _fusion_names(self.active_adapters)
+        for name, fusion in self.fusion_modules.items():
+            preset = next((p for p, c in FUSION_PRESETS.items() if c == fusion.fusion_config), None)
+            rows.append({"name": name, "architecture": "fusion" + (f" ({preset})" if preset else ""),
+                         "params": fusion.num_params(), "active": name in fused,
+                         "train": name in self._training_fusions})
         if as_dict:
             return rows
         trainable = int(sum(np.prod(v.shape) for v in self.trainable_weights))
@@ -818,6 +1045,16 @@ def _head_names(heads) -> tuple[str, ...]:
     return tuple(heads)
 
 
+def _fusion_names(setup) -> tuple[str, ...]:
+    """The names of the fusions a setup's `Fuse` blocks use."""
+    if setup is None or isinstance(setup, str):
+        return ()
+    names = [setup.name] if isinstance(setup, Fuse) else []
+    for child in setup.children:
+        names += [n for n in _fusion_names(child) if n not in names]
+    return tuple(names)
+
+
 def _check_not_merged(setup, modules: dict) -> None:
     merged = [name for name in setup.flatten() if modules[name].merged]
     if merged:
@@ -825,7 +1062,7 @@ def _check_not_merged(setup, modules: dict) -> None:
                          f"and branch of {setup} would see it; reset_adapter({merged[0]!r}) first")
 
 
-def _check_blocks(setup, modules: dict) -> None:
+def _check_blocks(setup, modules: dict, fusions: dict) -> None:
     """Raises ValueError when a block of `setup` holds an adapter whose methods cannot be
     composed with it, or when its `Parallel` blocks disagree on the number of branches."""
     if setup is None or isinstance(setup, str):
@@ -835,9 +1072,9 @@ def _check_blocks(setup, modules: dict) -> None:
     def visit(block, ancestors):
         if isinstance(block, str):
             for ancestor in ancestors:
-                if ancestor.block_type == "fuse":
-                    raise ValueError(f"{ancestor}: no AdapterFusion layer {ancestor.name!r} "
-                                     "(AdapterFusion is not available yet)")
+                if ancestor.block_type == "fuse" and ancestor.name not in fusions:
+                    raise ValueError(f"{ancestor}: no AdapterFusion named {ancestor.name!r}; add it "
+                                     f"with add_adapter_fusion({ancestor!r})")
                 supported = modules[block].supported_blocks()
                 if ancestor.block_type not in supported:
                     methods = ", ".join(m.config.architecture for m in modules[block].methods)

@@ -8,6 +8,7 @@ Output directory `<saved_models_dir>/<task>/`:
   results.json   per-epoch dev metrics, best epoch, parameter counts, throughput, versions
   adapter/       save_adapter of the best epoch (adapter + head)
   setup/         with `load_adapters`: save_adapter_setup of the whole setup the adapter trained in
+  fusion/        with `fusion` (instead of adapter/): save_adapter_fusion of the best epoch
   predictions/   GLUE test-set predictions in the benchmark's submission format
   checkpoints/   tf.train.CheckpointManager checkpoints: rerunning the same command resumes
   logs/          TensorBoard summaries
@@ -16,6 +17,10 @@ With `load_adapters` (`--load_adapter DIR`, repeatable), adapters trained earlie
 frozen and the new adapter trains inside `adapter_setup` (`--adapter_setup "Stack(lang, mrpc)"`;
 default: a `Stack` of the loaded adapters, in order, then the new one); the setup must end with
 the new adapter, whose head is the one trained, and the SavedModel serves that setup.
+
+With `fusion` (`--fusion DIR1,DIR2,...`), no adapter is added: the adapters in those directories
+are loaded frozen and an AdapterFusion of them (`fusion_config`, `dynamic` by default) trains
+with a new head for the task.
 
 Every file is written atomically (temporary name, then rename), so a killed run leaves either the
 old file or the new one. Rerunning resumes from the last checkpoint with the same data order and
@@ -58,6 +63,8 @@ class TrainingArgs:
     adapter_config: str | None = None
     load_adapters: tuple = ()
     adapter_setup: str | None = None
+    fusion: tuple = ()
+    fusion_config: str = "dynamic"
     method: str | None = None
     bottleneck_size: int | None = None
     non_linearity: str | None = None
@@ -106,12 +113,13 @@ class TrainingArgs:
         values["bucket_boundaries"] = list(self.bucket_boundaries)
         # The loaded adapters' files decide the run as much as the flags do; the setup is
         # compared as what it means, not as typed.
-        values["load_adapters"] = [
-            {"path": str(Path(path).resolve()),
-             **{name: _file_digest(Path(path) / name)
-                for name in ("adapter_config.json", "adapter.safetensors")}}
-            for path in self.load_adapters]
-        if self.load_adapters or self.adapter_setup is not None:
+        for key in ("load_adapters", "fusion"):
+            values[key] = [
+                {"path": str(Path(path).resolve()),
+                 **{name: _file_digest(Path(path) / name)
+                    for name in ("adapter_config.json", "adapter.safetensors")}}
+                for path in getattr(self, key)]
+        if self.load_adapters or self.adapter_setup is not None or self.fusion:
             from adapter_bert.composition import setup_key
 
             values["adapter_setup"] = setup_key(resolve_setup(self))
@@ -131,21 +139,23 @@ def _file_digest(path: Path) -> str | None:
 
 
 def loaded_adapter_names(args: "TrainingArgs") -> list[str]:
-    """The names of the `--load_adapter` directories' adapters (one-line errors for bad ones)."""
+    """The names of the `--load_adapter` (or `--fusion`) directories' adapters (one-line errors
+    for bad ones)."""
     from adapter_bert.glue.tasks import get_task
 
     names = []
-    for path in args.load_adapters:
+    flag = "--fusion" if args.fusion else "--load_adapter"
+    for path in args.fusion or args.load_adapters:
         config = Path(path) / "adapter_config.json"
         if not Path(path).is_dir():
-            raise FileNotFoundError(f"--load_adapter {path} is not a directory")
+            raise FileNotFoundError(f"{flag} {path} is not a directory")
         meta = read_json(config, "adapter config")
         name = meta.get("name") if isinstance(meta, dict) else None
         if not isinstance(name, str):
             raise ValueError(f"{config} has no adapter 'name'")
         if name in names:
-            raise ValueError(f"two --load_adapter directories hold an adapter named {name!r}")
-        if name == get_task(args.task).name:
+            raise ValueError(f"two {flag} directories hold an adapter named {name!r}")
+        if name == get_task(args.task).name and not args.fusion:
             raise ValueError(f"--load_adapter {path} holds an adapter named {name!r}, the name "
                              "of the adapter this run trains; rename one of them")
         names.append(name)
@@ -160,6 +170,10 @@ def resolve_setup(args: "TrainingArgs"):
 
     task = get_task(args.task).name
     loaded = loaded_adapter_names(args)
+    if args.fusion:
+        from adapter_bert.composition import Fuse
+
+        return Fuse(*loaded)
     if args.adapter_setup is None:
         return Stack(*loaded, task) if loaded else task
     try:
@@ -231,14 +245,33 @@ def validate_args(args: TrainingArgs) -> None:
             AdapterConfig.load(args.adapter_config)
         except (TypeError, ValueError, FileNotFoundError) as e:
             raise ValueError(f"bad --adapter_config {args.adapter_config!r}: {e}") from None
-    if args.load_adapters or args.adapter_setup is not None:
+    if args.fusion:
+        from adapter_bert.fusion import AdapterFusionConfig
+
+        for flag in ("load_adapters", "adapter_setup", "adapter_config", "bottleneck_size",
+                     "non_linearity", "method"):
+            if getattr(args, flag) not in (None, ()):
+                raise ValueError(f"--fusion trains a fusion of trained adapters, not a new "
+                                 f"adapter: --{flag.rstrip('s') if flag == 'load_adapters' else flag} "
+                                 "does not apply")
+        if args.merge_for_serving:
+            raise ValueError("--merge_for_serving merges one adapter into the base; a fusion "
+                             "cannot be merged")
+        try:
+            AdapterFusionConfig.load(args.fusion_config)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"bad --fusion_config: {e}") from None
+        resolve_setup(args)
+    elif args.load_adapters or args.adapter_setup is not None:
         setup = resolve_setup(args)
         if args.merge_for_serving and not isinstance(setup, str):
             raise ValueError(f"--merge_for_serving merges one adapter into the base; this run "
                              f"serves the setup {setup}")
     if args.export_only:
-        if not (args.output_dir / "adapter" / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"--export_only needs a trained adapter in {args.output_dir / 'adapter'}")
+        trained = args.output_dir / trained_dir(args)
+        marker = "adapter_fusion_config.json" if args.fusion else "adapter_config.json"
+        if not (trained / marker).is_file():
+            raise FileNotFoundError(f"--export_only needs a trained {trained_dir(args)} in {trained}")
         return
     if args.data_dir is not None:
         for split in ("train", "dev"):
@@ -406,24 +439,65 @@ def training_dataset(args: TrainingArgs, encoded, labels, epoch: int, static_sha
 
 
 def build_model(args: TrainingArgs, task):
-    """The pretrained base with the task's adapter and head added, active and trainable.
+    """The pretrained base with the task's adapter (or fusion) and head added, active and
+    trainable.
 
     Call it inside the strategy's scope. The benchmarks build their models through it too.
     """
     from adapter_bert import AdapterBertModel
 
     model = AdapterBertModel.from_pretrained(args.casing)
-    for path in args.load_adapters:
+    for path in args.load_adapters + args.fusion:
         model.load_adapter(path, with_head=False)  # frozen; only the new head trains
-    model.add_adapter(task.name, config=resolve_adapter_config(args, model.config.hidden_size))
+    if not args.fusion:
+        model.add_adapter(task.name, config=resolve_adapter_config(args, model.config.hidden_size))
     if task.is_regression:
         model.add_regression_head(task.name, pooling=args.pooling)
     else:
         model.add_classification_head(task.name, num_labels=task.num_labels, pooling=args.pooling,
                                       id2label=dict(enumerate(task.labels)))
-    model.train_adapter(task.name)
-    model.set_active_adapters(resolve_setup(args))
+    setup = resolve_setup(args)
+    if args.fusion:
+        model.add_adapter_fusion(setup, config=args.fusion_config)
+        model.train_adapter_fusion(setup)  # the fusion and the active head, the task's
+    else:
+        model.train_adapter(task.name)
+        model.set_active_adapters(setup)
     return model
+
+
+def trained_dir(args: TrainingArgs) -> str:
+    """Where a run keeps what it trains: `adapter` (with its head) or `fusion`."""
+    return "fusion" if args.fusion else "adapter"
+
+
+def save_trained(model, args: TrainingArgs, task, out: Path) -> None:
+    """Saves the adapter (or fusion) this run trains, and its head."""
+    if args.fusion:
+        model.save_adapter_fusion(out / "fusion", resolve_setup(args).name, with_head=task.name)
+    else:
+        model.save_adapter(out / "adapter", task.name)
+
+
+def reload_trained(model, args: TrainingArgs, task, out: Path) -> None:
+    """Loads the saved adapter (or fusion) and head back into `model` and activates the setup."""
+    if args.fusion:
+        model.load_adapter_fusion(out / "fusion")
+    else:
+        model.load_adapter(out / "adapter")
+    model.set_active_adapters(resolve_setup(args))
+    model.active_head = task.name
+
+
+def trained_variables(model, args: TrainingArgs, task) -> dict:
+    """The trained weights (adapter or fusion, and head) by stable name."""
+    from adapter_bert.methods.base import named_variables
+
+    owner = (model.fusions[resolve_setup(args).name] if args.fusion
+             else model.adapter_modules[task.name])
+    variables = dict(owner.named_variables())
+    variables.update({f"head.{k}": v for k, v in named_variables(model.heads[task.name]).items()})
+    return variables
 
 
 def make_optimizer(args: TrainingArgs, total_steps: int):
@@ -438,12 +512,14 @@ def make_optimizer(args: TrainingArgs, total_steps: int):
     return schedule, optimizer
 
 
-def make_train_step(model, optimizer, trainable, is_regression: bool, global_batch: int):
+def make_train_step(model, optimizer, trainable, is_regression: bool, global_batch: int,
+                    replicas: int = 1):
     """One optimisation step on one replica's batch: forward, loss, gradients, update.
 
     The loss is summed over the replica's examples and divided by the *global* batch size, so that
-    the gradients summed across replicas equal one device's gradient on the whole batch. The
-    benchmarks in `bench/` call the same step, so their throughput is the training command's.
+    the gradients summed across replicas equal one device's gradient on the whole batch; a
+    trained AdapterFusion's regularisation is added once (a `1 / replicas` share per replica).
+    The benchmarks in `bench/` call the same step, so their throughput is the training command's.
 
     Example:
     >>> import keras
@@ -470,6 +546,9 @@ def make_train_step(model, optimizer, trainable, is_regression: bool, global_bat
             else:
                 per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
             loss = tf.reduce_sum(per_example) / global_batch
+            regularization = model.fusion_regularization_loss()
+            if not isinstance(regularization, float):
+                loss = loss + tf.cast(regularization, loss.dtype) / replicas
             scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
         grads = tape.gradient(scaled, trainable)
         optimizer.apply_gradients(zip(grads, trainable))
@@ -569,7 +648,8 @@ def train(args: TrainingArgs):
         print(f"resuming from {latest} at step {int(state['step'].numpy())}", file=sys.stderr)
     global_batch = args.batch_size
 
-    train_step = make_train_step(model, optimizer, trainable, task.is_regression, global_batch)
+    train_step = make_train_step(model, optimizer, trainable, task.is_regression, global_batch,
+                                 replicas)
 
     spec = tf.TensorSpec([None, None], tf.int32)
     label_spec = tf.TensorSpec([None], tf.float32 if task.is_regression else tf.int32)
@@ -641,9 +721,10 @@ def train(args: TrainingArgs):
                 if best is None or metrics[task.main_metric] > best["dev"][task.main_metric]:
                     best = entry
                     if chief:
-                        model.save_adapter(out / "adapter", task.name)
+                        save_trained(model, args, task, out)
                     else:
-                        best_weights = {k: v.numpy().copy() for k, v in _adapter_and_head(model, task.name).items()}
+                        best_weights = {k: v.numpy().copy()
+                                        for k, v in trained_variables(model, args, task).items()}
                 state["history"].assign(json.dumps(history))
                 state["best"].assign(json.dumps(best))
             if step % checkpoint_every == 0 or end_of_epoch:
@@ -652,9 +733,13 @@ def train(args: TrainingArgs):
 
     setup = resolve_setup(args)
     results = {
-        "task": task.name, "method": args.method or ("custom" if args.adapter_config else "houlsby"),
-        "adapter_config": resolve_adapter_config(args, model.config.hidden_size),
+        "task": task.name, "method": "fusion" if args.fusion else (
+            args.method or ("custom" if args.adapter_config else "houlsby")),
+        "adapter_config": None if args.fusion else resolve_adapter_config(args, model.config.hidden_size),
         "adapter_setup": str(setup),
+        "fusion": ({"name": setup.name, "adapters": list(setup.flatten()),
+                    "config": model.fusions[setup.name].fusion_config.to_dict()}
+                   if args.fusion else None),
         "loaded_adapters": [{"name": n, "path": str(p)}
                             for n, p in zip(loaded_adapter_names(args), args.load_adapters)],
         "epochs": history, "best": best, "final": history[-1] if history else None,
@@ -670,16 +755,15 @@ def train(args: TrainingArgs):
     if not chief:
         shutil.rmtree(worker_dir, ignore_errors=True)
         if best_weights is not None:
-            for key, variable in _adapter_and_head(model, task.name).items():
+            for key, variable in trained_variables(model, args, task).items():
                 variable.assign(best_weights[key])
         return results, model
-    if (out / "adapter").is_dir():
-        model.load_adapter(out / "adapter")  # the best epoch, not the last
-        model.set_active_adapters(setup)
+    if (out / trained_dir(args)).is_dir():
+        reload_trained(model, args, task, out)  # the best epoch, not the last
         # A traced function keeps the variables it was traced with: trace anew for the reloaded
         # adapter and head (evaluate, a closure, reads this name).
         predict_step = tf.function(predict, input_signature=id_spec)  # noqa: F841
-    if not isinstance(setup, str):
+    if args.load_adapters:
         model.save_adapter_setup(out / "setup", setup)
     if args.predict_test:
         results["predictions"] = _predict_test_sets(args, task, model, tokenizer, out, evaluate)
@@ -687,15 +771,6 @@ def train(args: TrainingArgs):
         results["export"] = str(_export(args, task, model, tokenizer, out).relative_to(out))
     write_json(out / "results.json", results)
     return results, model
-
-
-def _adapter_and_head(model, name: str) -> dict:
-    """The adapter's and head's variables by stable name (what save_adapter writes)."""
-    from adapter_bert.methods.base import named_variables
-
-    variables = dict(model.adapter_modules[name].named_variables())
-    variables.update({f"head.{k}": v for k, v in named_variables(model.heads[name]).items()})
-    return variables
 
 
 def _export(args, task, model, tokenizer, out: Path) -> Path:
@@ -717,10 +792,9 @@ def export_only(args: TrainingArgs) -> dict:
 
     task, out = get_task(args.task), args.output_dir
     model = AdapterBertModel.from_pretrained(args.casing)
-    for path in args.load_adapters:
+    for path in args.load_adapters + args.fusion:
         model.load_adapter(path, with_head=False)
-    model.load_adapter(out / "adapter")
-    model.set_active_adapters(resolve_setup(args))
+    reload_trained(model, args, task, out)
     path = _export(args, task, model, load_tokenizer(args.casing), out)
     return {"task": task.name, "export": str(path.relative_to(out))}
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from adapter_bert import (AdapterBertModel, Average, BatchSplit, Fuse, Parallel, Split, Stack)
+from adapter_bert import (AdapterBertModel, Average, BatchSplit, Fuse, MultiTask, Parallel, Split,
+                          Stack)
 from adapter_bert.composition import (parse_composition, parse_heads_from_composition,
                                       parse_setup_string, setup_from_dict, setup_to_dict)
 from adapter_bert.testing import random_inputs, tiny_bert_config
@@ -630,3 +631,52 @@ def test_replacing_adapters_and_heads_never_runs_a_stale_graph():
         model.set_active_adapters(Average("a", "b")) or model.add_adapter(
             "b", config=ACTING["prefix"], overwrite_ok=True)
     assert model.active_adapters is None
+
+
+# --- MultiTask: each row through its own member ---------------------------------------------------
+
+@pytest.mark.parametrize("skip_padding", [True, False])
+def test_multi_task_rows_equal_each_members_own_rows(skip_padding):
+    model = _model()
+    members = {"s": ACTING["seq_bn"], "l": ACTING["lora"], "p": ACTING["prefix"],
+               "u": ACTING["mam"], "h": ACTING["double_seq_bn"]}
+    for seed, (name, config) in enumerate(members.items()):
+        model.add_adapter(name, config=config)
+        _randomise(model, name, seed + 1)
+    model.bert.skip_padding = skip_padding
+    inputs = random_inputs(batch=7, seq=9)
+    mask = inputs["attention_mask"].astype(bool)
+    setup = MultiTask("s", "l", "p", Stack("u", "h"))
+    own = [_seq(model, m, inputs) for m in ("s", "l", "p", Stack("u", "h"))]
+    task_ids = np.array([3, 0, 2, 2, 1, 0, 3], "int32")
+    model.set_active_adapters(setup)
+    out = model.bert({**inputs, "task_ids": task_ids})["sequence_output"].numpy()
+    for row, task in enumerate(task_ids):
+        np.testing.assert_allclose(out[row][mask[row]], own[task][row][mask[row]], atol=1e-6)
+    # Tasks absent from the batch are fine.
+    out = model.bert({**inputs, "task_ids": np.full(7, 1, "int32")})["sequence_output"].numpy()
+    np.testing.assert_allclose(out[mask], own[1][mask], atol=1e-6)
+
+
+def test_multi_task_heads_and_errors():
+    model = _with(_model(), ACTING["seq_bn"], ACTING["lora"])
+    model.add_classification_head("a", num_labels=2)
+    model.add_regression_head("b")
+    inputs = random_inputs(batch=4)
+    model.set_active_adapters("a")
+    logits_a = model(inputs).numpy()
+    model.set_active_adapters("b")
+    score_b = model(inputs).numpy()
+    model.set_active_adapters(MultiTask("a", "b"))
+    assert model.active_head == MultiTask("a", "b")
+    task_ids = np.array([1, 0, 0, 1], "int32")
+    out = model({**inputs, "task_ids": task_ids}).numpy()
+    np.testing.assert_allclose(out[[1, 2]], logits_a[[1, 2]], atol=1e-6)
+    np.testing.assert_allclose(out[[0, 3], 0], score_b[[0, 3], 0], atol=1e-6)
+    assert np.isneginf(out[[0, 3], 1]).all()  # a regression row's padding
+    with pytest.raises(ValueError, match="needs `task_ids` in the inputs"):
+        model(inputs)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="task_ids must be member indices 0..1"):
+        model.bert({**inputs, "task_ids": np.array([0, 2, 0, 0], "int32")})
+    with pytest.raises(ValueError, match="holds both Parallel and MultiTask"):
+        model.set_active_adapters(Stack(Parallel("a", "b"), MultiTask("a", "b")))

@@ -5,13 +5,15 @@ and stored its adapters' weights and last hidden states (real tokens, first `DIM
 the same weights are loaded by name and our blocks must give the same numbers within 1e-4.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from adapter_bert import AdapterBertModel, Average, BatchSplit, Parallel, Split, Stack
-from adapter_bert.formats.adapters_library import from_library_state
+from adapter_bert import AdapterBertModel, Average, BatchSplit, Fuse, Parallel, Split, Stack
+from adapter_bert.formats.adapters_library import from_library_state, fusion_from_library_state
+from adapter_bert.fusion import AdapterFusionConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "composition_reference.npz"
 TOLERANCE = 1e-4
@@ -42,6 +44,10 @@ CASES = {
     "skip_stack_ab": Stack("a", "b"),
 }
 SKIP_LAYERS = {"skip_stack_ab": [0, 1, 2]}
+FUSIONS = {"fuse_ab": Fuse("a", "b", name="fuse_ab"),
+           "fuse_ab_static": Fuse("a", "b", name="fuse_ab_static"),
+           "fuse_ab_variant": Fuse("a", "b", name="fuse_ab_variant"),
+           "fuse_cd": Fuse("c", "d", name="fuse_cd")}
 AVERAGES = {
     "avg_lora_linear": (["la", "la2"], [0.6, 0.4], "linear", None),
     "avg_lora_negate_b": (["la", "la2"], [1.0, -0.5], "lora_linear_only_negate_b", None),
@@ -62,8 +68,28 @@ def reference():
             model.add_adapter(name, config=str(data[key]))
             module = model.adapters[name]
             _assign(module, from_library_state(module, state))
+    for key in data.files:  # fusion kernels are stored as factors (see the fixture script)
+        if key.startswith("factors/") and key.endswith("/a"):
+            name = key.removeprefix("factors/").removesuffix("/a")
+            state[name] = _fusion_kernel(name, data[key], data[f"factors/{name}/b"])
+    for key in data.files:
+        if key.startswith("fusion/"):
+            name = key.removeprefix("fusion/")
+            spec = json.loads(str(data[key]))
+            config = spec["config"] if isinstance(spec["config"], str) else \
+                AdapterFusionConfig.load("dynamic", **spec["config"])
+            model.add_adapter_fusion(Fuse(*spec["adapters"], name=name), config=config)
+            fusion = model.fusions[name]
+            _assign(fusion, fusion_from_library_state(fusion, state))
     inputs = {k: data[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     return model, data, inputs
+
+
+def _fusion_kernel(key, a, b):
+    value = a.astype(np.float64) @ b.astype(np.float64)
+    if key.endswith("value.weight"):
+        value = value + np.eye(value.shape[0])
+    return value.astype(np.float32)
 
 
 def _assign(module, values):
@@ -113,3 +139,14 @@ def test_average_adapter_matches_the_adapters_library(reference, name):
     expected = data[f"out/{name}"]
     np.testing.assert_allclose(_real_tokens(model, inputs, expected.shape[1]), expected,
                                atol=TOLERANCE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FUSIONS))
+def test_adapter_fusion_matches_the_adapters_library(reference, name):
+    model, data, inputs = reference
+    model.set_active_adapters(FUSIONS[name])
+    expected = data[f"out/{name}"]
+    np.testing.assert_allclose(_real_tokens(model, inputs, expected.shape[1]), expected,
+                               atol=TOLERANCE)
+    assert np.abs(expected - data["out/stack_ab"]).max() > 1e-2

@@ -152,7 +152,9 @@ def test_multi_adapter_export_shares_the_base(tmp_path, tiny):
     singles = [export_saved_model(model, tmp_path / t, t, tokenizer, max_seq_length=32)
                for t, _, _ in tasks]
     base = sum(int(np.prod(w.shape)) * 4 for w in model.bert.weights)
-    assert _size(multi) <= sum(_size(s) for s in singles) - base * (len(tasks) - 1)
+    # The weights (variables/) hold the base once; the graphs grow with the signatures.
+    weights = [_size(p / "variables") for p in [multi] + singles]
+    assert weights[0] <= sum(weights[1:]) - base * (len(tasks) - 1)
     calls = {}
     for t, _, _ in tasks:
         calls[t] = {k: v.tolist() for k, v in expected[t][0].items()}
@@ -188,3 +190,59 @@ def test_export_errors(tmp_path, tiny):
     with pytest.raises(FileExistsError, match="exists already"):
         export_saved_model(model, tmp_path, "a", version=3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["3"]
+
+
+def test_mixed_signature_serves_each_row_with_its_own_task(tmp_path, tiny):
+    tasks = [("mrpc", "double_seq_bn[reduction_factor=4]", 2), ("stsb", "lora", 1),
+             ("sst2", "prefix_tuning[prefix_length=4, bottleneck_size=8]", 3),
+             ("rte", "seq_bn[reduction_factor=2]", 2)]
+    model = _model(tiny, tasks)
+    tokenizer = load_tokenizer(tiny)
+    names = [t for t, _, _ in tasks]
+    path = export_saved_model(model, tmp_path / "export", names, tokenizer, max_seq_length=32,
+                              pair_tasks=["mrpc", "stsb", "rte"])
+    features = tokenizer.encode(PAIRS_A * 2, PAIRS_B * 2, max_seq_length=32)
+    row_tasks = ["mrpc", "stsb", "sst2", "rte", "stsb", "sst2"]
+    ids = {k: v.tolist() for k, v in features.items()}
+    calls = {t: ids for t in names}
+    calls.update({f"{t}_text": {"text_a": PAIRS_A * 2, **({"text_b": PAIRS_B * 2} if t != "sst2" else {})}
+                  for t in names})
+    calls["mixed"] = {**ids, "task": row_tasks}
+    calls["mixed_text"] = {"text_a": PAIRS_A * 2, "text_b": PAIRS_B * 2, "task": row_tasks}
+    out = _load_in_fresh_process(path, calls, text=True)
+    assert {"mixed", "mixed_text"} <= set(out["signatures"])
+    for mixed, own in (("mixed", ""), ("mixed_text", "_text")):
+        result = {k: np.asarray(v) for k, v in out["results"][mixed].items()}
+        for row, task in enumerate(row_tasks):
+            mine = {k: np.asarray(v) for k, v in out["results"][task + own].items()}
+            if task == "stsb":  # regression: the score, and nothing in the class columns
+                np.testing.assert_allclose(result["score"][row], mine["score"][row], atol=1e-5)
+                assert result["label"][row] == -1 and np.isneginf(result["logits"][row]).all()
+                assert (result["probabilities"][row] == 0).all()
+                continue
+            labels = mine["logits"].shape[1]
+            np.testing.assert_allclose(result["logits"][row, :labels], mine["logits"][row],
+                                       atol=1e-5, err_msg=f"{mixed} row {row}")
+            np.testing.assert_allclose(result["probabilities"][row, :labels],
+                                       mine["probabilities"][row], atol=1e-5)
+            assert np.isneginf(result["logits"][row, labels:]).all()
+            assert (result["probabilities"][row, labels:] == 0).all()
+            assert result["label"][row] == mine["label"][row] and np.isnan(result["score"][row])
+        assert result["task_index"].tolist() == [names.index(t) for t in row_tasks]
+    # An unknown task is an error of the call that names it, not a row of zeros.
+    script = ("import sys, tensorflow as tf, tensorflow_text\n"
+              "f = tf.saved_model.load(sys.argv[1]).signatures['mixed']\n"
+              "ids = tf.constant([[7, 9, 8]]); f(input_ids=ids, attention_mask=tf.ones_like(ids),"
+              " token_type_ids=tf.zeros_like(ids), task=tf.constant(['nope']))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    failed = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+                            text=True, timeout=300, env=env, cwd="/")
+    assert failed.returncode != 0
+    assert "unknown task in `task`; the known tasks are mrpc, stsb, sst2, rte; unknown:] [nope]" \
+        in failed.stderr
+    cli = Path(sys.executable).with_name("saved_model_cli")
+    command = [str(cli)] if cli.is_file() else [sys.executable, "-m",
+                                                "tensorflow.python.tools.saved_model_cli"]
+    shown = subprocess.run(command + ["show", "--dir", str(path), "--all"], capture_output=True,
+                           text=True, timeout=300)
+    assert "signature_def['mixed']" in shown.stdout and "inputs['task']" in shown.stdout

@@ -382,3 +382,37 @@ def test_test_predictions_come_from_the_best_epoch_not_the_last(tmp_path, tiny_c
     expected = np.concatenate([model(inputs).numpy()[:, 0] for inputs, _ in data.make_dataset(
         encoded, None, 8, padding="dynamic", max_seq_length=32)])
     np.testing.assert_allclose(captured["predictions"], expected, atol=1e-5)
+
+
+def test_fusion_of_trained_adapters_through_the_command(tmp_path, tiny_checkpoint):
+    from safetensors.numpy import load_file
+
+    write_glue_task(tmp_path / "glue", "sst2")
+    write_glue_task(tmp_path / "glue", "mrpc")
+    run(_args(tmp_path, tiny_checkpoint, task="sst2", epochs=1))
+    run(_args(tmp_path, tiny_checkpoint, task="mrpc", epochs=1, saved_models_dir=str(tmp_path / "mr")))
+    dirs = (str(tmp_path / "out" / "sst2" / "adapter"), str(tmp_path / "mr" / "mrpc" / "adapter"))
+    before = [_digests(Path(d)) for d in dirs]
+    results = run(_args(tmp_path, tiny_checkpoint, task="mrpc", adapter_config=None, fusion=dirs,
+                        epochs=1, export=True, saved_models_dir=str(tmp_path / "fused")))
+    out = tmp_path / "fused" / "mrpc"
+    assert [_digests(Path(d)) for d in dirs] == before
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["method"] == "fusion" and on_disk["adapter_setup"] == "Fuse[sst2, mrpc]"
+    assert on_disk["fusion"]["adapters"] == ["sst2", "mrpc"]
+    assert sorted(p.name for p in (out / "fusion").iterdir()) == [
+        "adapter_fusion_config.json", "head.safetensors", "head_config.json",
+        "model_adapter_fusion.safetensors"]
+    fusion = load_file(str(out / "fusion" / "model_adapter_fusion.safetensors"))
+    head = load_file(str(out / "fusion" / "head.safetensors"))
+    assert results["trainable_params"] == sum(int(np.prod(v.shape)) for v in
+                                              list(fusion.values()) + list(head.values()))
+    assert (out / "export" / "1" / "saved_model.pb").is_file()
+    for overrides, match in (({"adapter_config": "seq_bn"}, "--adapter_config does not apply"),
+                             ({"load_adapters": dirs[:1]}, "--load_adapter does not apply"),
+                             ({"fusion_config": "fancy"}, "bad --fusion_config")):
+        values = {"adapter_config": None, "fusion": dirs, "saved_models_dir": str(tmp_path / "x"),
+                  **overrides}
+        with pytest.raises(ValueError, match=match):
+            run(_args(tmp_path, tiny_checkpoint, **values))
+    assert not (tmp_path / "x").exists()

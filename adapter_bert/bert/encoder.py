@@ -566,6 +566,22 @@ class BertEncoder(keras.layers.Layer):
                                  f"got {layer!r}")
         self._hooks.set(setup, skip_layers)
 
+    def _task_ids(self, inputs):
+        """The `[batch]` member indices a `MultiTask` setup routes rows by, checked."""
+        count = self._hooks.task_count
+        if "task_ids" not in inputs:
+            raise ValueError(f"the active setup {self.active_setup} needs `task_ids` in the "
+                             f"inputs: per row, the index (0..{count - 1}) of its member")
+        task_ids = _as_int32(inputs["task_ids"])
+        if tensorflow_backend():
+            import tensorflow as tf
+
+            message = (f"task_ids must be member indices 0..{count - 1} of the active setup "
+                       f"{self.active_setup}")
+            tf.debugging.assert_non_negative(task_ids, message=message)
+            tf.debugging.assert_less(task_ids, count, message=message)
+        return task_ids
+
     def _check_setup_fits(self, input_ids) -> None:
         """A `BatchSplit` needs its rows and a `Split` of segment lengths its positions."""
         checks = ((self._hooks.required_rows, 0, "rows (its BatchSplit sizes)"),
@@ -619,6 +635,15 @@ class BertEncoder(keras.layers.Layer):
         replicate_at = self._first_adapted_layer() if replicas > 1 else None
         use_tokens = self.skip_padding and tensorflow_backend()
         context = ForwardContext()
+        order = None
+        if self._hooks.task_count is not None:
+            # MultiTask: sort the rows by task once, so each task's rows are consecutive and every
+            # hook point runs each member on its own rows only; the outputs are put back below.
+            task_ids = self._task_ids(inputs)
+            order = ops.argsort(task_ids)
+            input_ids, token_type_ids, mask = (ops.take(t, order, axis=0)
+                                               for t in (input_ids, token_type_ids, mask))
+            context.task_sizes = ops.bincount(task_ids, minlength=self._hooks.task_count)
         with self._hooks.calling(context):
             if replicate_at == -1:
                 input_ids, token_type_ids, mask = (
@@ -645,6 +670,9 @@ class BertEncoder(keras.layers.Layer):
                 hidden = ops.concatenate([hidden] * replicas, axis=0)
                 context.replicas = replicas
             pooled = self.pooler(hidden, training=training)
+        if order is not None:
+            inverse = ops.argsort(order)
+            hidden, pooled = ops.take(hidden, inverse, axis=0), ops.take(pooled, inverse, axis=0)
         if replicas == 1:
             return {"sequence_output": hidden, "pooled_output": pooled}
         if replicate_at is None:  # no adapter of the setup acts anywhere: the branches agree

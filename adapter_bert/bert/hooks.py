@@ -168,10 +168,14 @@ class ForwardContext:
             per-token tensors is then the tokens of all rows, row after row), else None (axis 0
             is the batch and axis 1 the sequence).
         replicas: how many copies of the batch axis 0 holds (a `Parallel` block replicates it).
+        task_sizes: under a `MultiTask` setup, the rows of each task (the encoder sorts the
+            batch by task, so each task's rows are consecutive).
     """
 
-    def __init__(self, tokens=None, replicas: int = 1):
+    def __init__(self, tokens=None, replicas: int = 1, task_sizes=None):
         self.tokens, self.replicas = tokens, replicas
+        #: Under a `MultiTask` setup: `[n_tasks]` rows of each task, the batch being sorted by task.
+        self.task_sizes = task_sizes
 
 
 class EncoderHooks:
@@ -191,6 +195,9 @@ class EncoderHooks:
     def set(self, setup, skip_layers=()) -> None:
         """Activates `setup`; a `BatchSplit` or `Split` that cannot fit any batch is a ValueError."""
         rows, positions = required_shape(setup)
+        if _parallel_width(setup) > 1 and _task_count(setup) is not None:
+            raise ValueError(f"{setup} holds both Parallel and MultiTask; the batch is either "
+                             "replicated or sorted by task, not both")
         self.setup = setup
         if setup is None:
             self.setup_names = frozenset()
@@ -205,6 +212,11 @@ class EncoderHooks:
     def parallel_width(self) -> int:
         """How many branches the active setup's `Parallel` block has (1 without one)."""
         return _parallel_width(self.setup)
+
+    @property
+    def task_count(self) -> int | None:
+        """How many members the active setup's `MultiTask` block has (None without one)."""
+        return _task_count(self.setup)
 
     @contextlib.contextmanager
     def calling(self, context: ForwardContext):
@@ -253,6 +265,15 @@ def required_shape(setup) -> tuple:
     return (next(iter(found_rows), None), next(iter(found_positions), None))
 
 
+def _task_count(setup) -> int | None:
+    if setup is None or isinstance(setup, str):
+        return None
+    if setup.block_type == "multi_task":
+        return len(setup.children)
+    counts = [c for c in (_task_count(child) for child in setup.children) if c is not None]
+    return counts[0] if counts else None
+
+
 def _parallel_width(setup) -> int:
     if setup is None or isinstance(setup, str):
         return 1
@@ -289,8 +310,10 @@ class Rows:
     def token_layout(self) -> bool:
         return self.lengths is not None
 
-    def _tokens_before(self, example: int):
-        return ops.sum(self.lengths[:example]) if example else 0
+    def _tokens_before(self, example):
+        if isinstance(example, int) and example == 0:
+            return 0
+        return ops.sum(self.lengths[:example])
 
     def replica(self, index: int, replicas: int, size) -> "Rows":
         """Copy `index` of `replicas` copies of the batch, `size` rows long (axis 0)."""
@@ -364,7 +387,7 @@ class Composer:
     layer's own bias, before LoRA and (IA)^3, which act on that layer's output).
     """
 
-    supported_blocks = ("stack", "parallel", "batch_split", "average", "split")
+    supported_blocks = ("stack", "parallel", "batch_split", "average", "split", "multi_task")
     #: The kinds of point this family's hooks may be registered at.
     kinds: tuple[str, ...] = ()
     priority = 10
@@ -447,6 +470,19 @@ class Composer:
         pieces = []
         for child, (begin, end, sub_rows) in zip(block.children,
                                                  rows.split(block.batch_sizes, self.per_token)):
+            pieces.append((begin, end, sub_rows,
+                           self._walk(child, self._cut(state, begin, end), sub_rows)))
+        return self._join(pieces, state)
+
+    def compose_multi_task(self, block, state, rows):
+        """Like `BatchSplit`, with the task sizes of the batch (which the encoder sorted by task)."""
+        sizes = self.context.task_sizes
+        if sizes is None:
+            raise ValueError(f"{block} needs `task_ids` in the inputs: one member index per row")
+        pieces = []
+        for index, (child, (begin, end, sub_rows)) in enumerate(zip(
+                block.children, rows.split([sizes[i] for i in range(len(block.children))],
+                                           self.per_token))):
             pieces.append((begin, end, sub_rows,
                            self._walk(child, self._cut(state, begin, end), sub_rows)))
         return self._join(pieces, state)

@@ -34,6 +34,8 @@ _BOTTLENECK = re.compile(r"(?:^|\.)layer\.(\d+)\.(attention\.output|output)\.ada
 _LORA = re.compile(r"(?:^|\.)layer\.(\d+)\.(" + "|".join(re.escape(k) for k in _DENSE)
                    + r")\.loras\.([^.]+)\.(lora_A|lora_B)$")
 _PREFIX = re.compile(r"(?:^|\.)prefix_tunings\.([^.]+)\.self_prefix\.(.+)$")
+_FUSION = re.compile(r"(?:^|\.)layer\.(\d+)\.(attention\.output|output)\.adapter_fusion_layer\."
+                     r"([^.]+)\.(query|key|value|dense)\.(weight|bias)$")
 
 
 def _method(module, architecture: str, key: str):
@@ -110,4 +112,20 @@ def from_library_state(module, state: dict, adapter: str | None = None) -> dict:
                 out[pool + rest.replace(".0.bias", "_0.bias").replace(".2.bias", "_2.bias")] = value
             else:
                 raise ValueError(f"adapters library weight {key} has no counterpart here")
+    return out
+
+
+def fusion_from_library_state(module, state: dict, fusion: str | None = None) -> dict:
+    """The adapters library's weights of one AdapterFusion, renamed and laid out for `module`
+    (a `FusionModule`); `fusion` is its name in the library's keys (default the module's)."""
+    fusion = fusion or module.fusion_name
+    out = {}
+    for key, value in state.items():
+        match = _FUSION.search(key)
+        if not match or match.group(3) != fusion:
+            continue
+        layer, location, projection, kind = match.group(1, 2, 4, 5)
+        name = f"layer_{layer}_{_LOCATION[location]}.{projection}."
+        value = np.asarray(value)
+        out[name + ("kernel" if kind == "weight" else "bias")] = value.T if kind == "weight" else value
     return out

@@ -92,7 +92,7 @@ class AdapterMethod(keras.layers.Layer):
             hook_blocks = frozenset(hook.composer.supported_blocks)
             blocks = hook_blocks if blocks is None else blocks & hook_blocks
         return blocks if blocks is not None else frozenset(
-            ("stack", "parallel", "batch_split", "average", "split", "fuse"))
+            ("stack", "parallel", "batch_split", "average", "split", "fuse", "multi_task"))
 
     def attach(self, encoder, adapter: str) -> None:
         """Registers every hook under `adapter`; on an error none stays registered."""

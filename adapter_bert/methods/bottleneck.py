@@ -227,9 +227,32 @@ class BottleneckComposer(Composer):
     """
 
     kinds = ("residual",)
-    supported_blocks = ("stack", "parallel", "batch_split", "average", "split")
+    supported_blocks = ("stack", "parallel", "batch_split", "average", "split", "fuse",
+                        "multi_task")
     row_aligned = ("hidden", "residual", "x", "h", "up")
     averaged = ("hidden",)
+
+    def compose_fuse(self, block, state, rows):
+        """AdapterFusion: the last member's input handling (with the fusion query), each member's
+        bottleneck on that input, the fusion layer over their up-projections, and the last
+        member's output handling, as in the adapters library."""
+        fusion = self.hooks.get(block.name)
+        if fusion is None:
+            raise ValueError(f"{block}: no AdapterFusion layer {block.name!r} at {self.point.path}")
+        last = block.last()
+        adapter = self.hooks[last]
+        hidden, residual, query = adapter.pre_forward(
+            state.hidden, state.x, self.layer_norm,
+            query_before_ln=fusion.fusion_config.query_before_ln)
+        state = state._replace(hidden=hidden, residual=residual)
+        ups = []
+        for child in block.children:
+            if isinstance(child, str):
+                ups.append(self.single(child, self.hooks[child], state).up)
+            else:
+                ups.append(self._walk(child, state, rows).up)
+        fused = fusion(query, ops.stack(ups, axis=-2), residual, training=self.training)
+        return state._replace(hidden=fused, up=None, last=last)
 
     def start(self, point_state):
         h, x, self.layer_norm = point_state
@@ -352,11 +375,17 @@ class BottleneckAdapter(keras.layers.Layer):
     def _norm(self, layer_norm):
         return self.task_layer_norm if self.task_layer_norm is not None else layer_norm
 
-    def pre_forward(self, hidden, sublayer_input, layer_norm):
-        """`(adapter input, adapter residual)` from the current hidden state."""
+    def pre_forward(self, hidden, sublayer_input, layer_norm, query_before_ln: bool | None = None):
+        """`(adapter input, adapter residual)` from the current hidden state.
+
+        With `query_before_ln` (True or False: AdapterFusion's option), also the fusion query:
+        the hidden state before the LayerNorm placement, or the adapter input.
+        """
         cfg = self.adapter_config
         if cfg.is_parallel:
-            return sublayer_input, sublayer_input
+            out = (sublayer_input, sublayer_input)
+            return out if query_before_ln is None else out + (sublayer_input,)
+        before = hidden
         residual = hidden if cfg.residual_before_ln is True else None
         if cfg.original_ln_before:
             hidden = hidden + sublayer_input
@@ -365,7 +394,9 @@ class BottleneckAdapter(keras.layers.Layer):
             hidden = self._norm(layer_norm)(hidden)
         if cfg.residual_before_ln is False or residual is None:
             residual = hidden
-        return hidden, residual
+        if query_before_ln is None:
+            return hidden, residual
+        return hidden, residual, before if query_before_ln else hidden
 
     def adapter_forward(self, x, residual, training=None):
         """`(output, up)`: the bottleneck on `x` with the adapter's residual (none when parallel)."""

@@ -133,7 +133,7 @@ class LoRAComposer(Composer):
     """
 
     kinds = ("dense",)
-    supported_blocks = ("stack", "parallel", "batch_split", "average", "split")
+    supported_blocks = ("stack", "parallel", "batch_split", "average", "split", "multi_task")
     row_aligned = ("x", "update", "y")
     averaged = ("update",)
 

@@ -202,7 +202,7 @@ class PrefixComposer(Composer):
     """
 
     kinds = ("attention",)
-    supported_blocks = ("stack", "parallel", "batch_split")
+    supported_blocks = ("stack", "parallel", "batch_split", "multi_task")
     per_token = False
     row_aligned = ("key", "value", "mask_bias")
 
