@@ -23,4 +23,8 @@ python bench/accuracy.py --tasks sst2 --methods houlsby,full --seeds 0 --sst2_tr
     --out "$OUT/checks/sst2_8000"
 python bench/accuracy.py --tasks sst2 --methods houlsby --learning_rate 2e-3 --out "$OUT/checks/sst2_houlsby_lr2e-3"
 python bench/accuracy.py --tasks sst2 --methods houlsby --bottleneck_size 256 --out "$OUT/checks/sst2_houlsby_b256"
+# Many adapters at once: stacked and fused adapters on MRPC, and mixed-task serving.
+python bench/composition_runs.py --seeds 0,1,2 --out "$OUT/stacking"
+python bench/mixed_serving.py --rounds 5 --out "$OUT"
+python bench/mixed_serving.py --rounds 5 --methods houlsby,pfeiffer,lora,prefix --out "$OUT/mixed_methods"
 python bench/report.py --results "$OUT" --docs docs

@@ -32,6 +32,10 @@ import report  # noqa: E402
     ("profile_step", ["--steps", "0"], "--steps must be at least 1"),
     ("profile_step", ["--peers", "torch_lora"], "unknown peer: torch_lora"),
     ("profile_step", ["--inter_op_threads", "-1"], "--inter_op_threads must be 0 or more"),
+    ("mixed_serving", ["--methods", "houlsby,lora"], "--methods needs 4 of houlsby"),
+    ("mixed_serving", ["--rounds", "0"], "must be positive"),
+    ("composition_runs", ["--seeds", "a"], "--seeds must be integers, got 'a'"),
+    ("composition_runs", ["--fusion_epochs", "0"], "must be positive"),
 ])
 def test_bad_choices_exit_with_usage_error(script, argv, message, capsys):
     module = __import__(script)

@@ -8,18 +8,25 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def _block_after(heading: str) -> str:
+def _blocks_after(heading: str) -> list[str]:
     text = README.read_text(encoding="utf-8")
     section = text[text.index(heading):]
-    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    section = section[:section.index("\n## ", 1)]
+    return re.findall(r"```python\n(.*?)```", section, re.DOTALL)
 
 
 @pytest.mark.slow
-def test_the_composition_example_runs(tmp_path, capsys):
-    code = _block_after("## Many adapters at once").replace('"/tmp/setup"', repr(str(tmp_path / "setup")))
+def test_the_composition_examples_run(tmp_path, capsys):
+    blocks = _blocks_after("## Many adapters at once")
+    assert len(blocks) == 2
     namespace = {}
-    exec(compile(code, str(README), "exec"), namespace)
+    for code in blocks:
+        code = code.replace('"/tmp/setup"', repr(str(tmp_path / "setup")))
+        code = code.replace('"/tmp/fusion"', repr(str(tmp_path / "fusion")))
+        exec(compile(code, str(README), "exec"), namespace)
     assert "active setup: Stack[lang, mrpc] (adapters skipped in layers 0, 1)" in capsys.readouterr().out
     assert namespace["setup"] == namespace["Stack"]("lang", "mrpc")
     assert len(namespace["sst2_rows"]) == 1 and len(namespace["mrpc_rows"]) == 3
     assert (tmp_path / "setup" / "adapter_setup.json").is_file()
+    assert (tmp_path / "fusion" / "adapter_fusion_config.json").is_file()
+    assert float(namespace["loss_term"]) > 0
