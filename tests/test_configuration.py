@@ -151,8 +151,7 @@ _LIBRARY_BN_ONLY = {
     "phm_c_init": "normal", "phm_init_range": 0.0001, "learn_phm": True,
     "hypercomplex_nonlinearity": "glorot-uniform", "phm_rank": 1, "phm_bias": True,
     "stochastic_depth": 0.0}
-_LIBRARY_LORA_ONLY = {"init_weights_seed": None, "use_dora": False, "vera_d": None, "vera_b": None,
-                      "dtype": None}
+_LIBRARY_LORA_ONLY = {"init_weights_seed": None, "dtype": None}
 
 
 def _library_dict(config):
@@ -195,7 +194,7 @@ def test_library_mam_dict_loads_with_the_same_values():
      ["inv_adapter", "inv_adapter_reduction_factor"]),
     (ParBnConfig(), {"cross_adapter": True, "shared_W_phm": True, "phm_dim": 8},
      ["cross_adapter", "phm_dim", "shared_W_phm"]),
-    (LoRAConfig(), {"use_dora": True}, ["use_dora"]),
+    (LoRAConfig(), {"init_weights_seed": 3}, ["init_weights_seed"]),
     (IA3Config(), {"dtype": "bfloat16"}, ["dtype"]),
     (PrefixTuningConfig(), {"init_weights_seed": 42}, ["init_weights_seed"]),
 ])

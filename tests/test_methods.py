@@ -25,6 +25,8 @@ BERT_BASE_COUNTS = [
     ("prefix_tuning", 9_872_384),
     ("prefix_tuning_flat", 552_960),
     ("mam", 22_493_984),
+    ("dora", 313_344),
+    ("vera", 14_169_600),  # the frozen shared pair included, as the library counts it
 ]
 
 
@@ -56,7 +58,8 @@ def _model(seed=0, **overrides):
 
 EXACT_IDENTITY = ["seq_bn[init_weights='mam_adapter']", "double_seq_bn[init_weights='mam_adapter']",
                   "par_bn", "scaled_par_bn", "lora", "lora[attn_matrices=['q','k','v'], output_lora=True]",
-                  "ia3", "bitfit", "double_seq_bn[init_weights='mam_adapter', task_layer_norm=True]"]
+                  "ia3", "bitfit", "double_seq_bn[init_weights='mam_adapter', task_layer_norm=True]",
+                  "vera"]
 
 
 @pytest.mark.parametrize("config", EXACT_IDENTITY)
@@ -68,6 +71,18 @@ def test_exact_identity_at_initialisation(config):
     out = model.bert(inputs)
     for key in base:
         np.testing.assert_array_equal(out[key], base[key])
+
+
+def test_dora_starts_as_the_base_to_float_rounding():
+    model = _model()
+    inputs = random_inputs()
+    base = model.bert(inputs)["sequence_output"].numpy()
+    model.add_adapter("d", config="dora[intermediate_lora=True]", set_active=True)
+    # m / ||W0|| is 1 up to rounding of the norm.
+    np.testing.assert_allclose(model.bert(inputs)["sequence_output"], base, atol=1e-5)
+    m = model.adapters["d"].named_variables()["lora.layer_0_attention_query.m"].numpy()
+    np.testing.assert_allclose(m, np.linalg.norm(model.bert.layers[0].attention.query.kernel.numpy(),
+                                                  axis=0), rtol=1e-6)
 
 
 def test_houlsby_init_is_near_identity():
@@ -86,7 +101,7 @@ TRAINABLE = ["seq_bn", "double_seq_bn[task_layer_norm=True, init_weights='houlsb
              "scaled_par_bn", "lora[output_lora=True, intermediate_lora=True]", "ia3",
              "prefix_tuning[prefix_length=4, bottleneck_size=8]", "prefix_tuning_flat[prefix_length=4]",
              "prefix_tuning[prefix_length=4]|par_bn", "bitfit",
-             "seq_bn[ln_before=True, ln_after=True, scaling='channel']"]
+             "seq_bn[ln_before=True, ln_after=True, scaling='channel']", "dora", "vera[vera_b=0.1]"]
 
 
 def _train(model, inputs, labels, steps=20, learning_rate=1e-2):
@@ -120,7 +135,7 @@ def test_training_changes_only_the_adapter_and_head(config):
     head = {v.path: v.numpy().copy() for v in model.heads["a"].weights}
     assert {id(v) for v in model.trainable_weights} == {
         id(v) for v in list(model.adapter_modules["a"].named_variables().values())
-        + list(model.heads["a"].weights)}
+        + list(model.heads["a"].weights) if v.trainable}
     inputs = random_inputs(batch=6, seq=10, seed=3)
     _train(model, inputs, np.array([0, 1, 2, 0, 1, 2]))
     for v in model.bert.weights:
@@ -128,7 +143,10 @@ def test_training_changes_only_the_adapter_and_head(config):
     for k, v in model.adapter_modules["other"].named_variables().items():
         np.testing.assert_array_equal(v.numpy(), other[k])
     for k, v in model.adapter_modules["a"].named_variables().items():
-        assert np.abs(v.numpy() - trained[k]).max() > 0, f"{k} did not train"
+        if v.trainable:
+            assert np.abs(v.numpy() - trained[k]).max() > 0, f"{k} did not train"
+        else:  # VeRA's shared pair stays frozen
+            np.testing.assert_array_equal(v.numpy(), trained[k])
     for v in model.heads["a"].weights:
         assert np.abs(v.numpy() - head[v.path]).max() > 0, f"{v.path} did not train"
 
@@ -166,6 +184,7 @@ def test_no_forgetting_switching_back_is_bit_identical():
 
 
 @pytest.mark.parametrize("config", ["lora[r=4, alpha=16, intermediate_lora=True, output_lora=True]",
+                                    "dora[r=4, alpha=16, intermediate_lora=True]", "vera",
                                     "ia3", "ia3[alpha=3, output_lora=True]",
                                     "lora[attn_matrices=['q','k','v']]|seq_bn",
                                     "lora[leave_out=[1]]|ia3[leave_out=[0]]"])

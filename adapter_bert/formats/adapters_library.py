@@ -32,7 +32,8 @@ _LOCATION = {"attention.output": "mh_adapter", "output": "output_adapter"}
 
 _BOTTLENECK = re.compile(r"(?:^|\.)layer\.(\d+)\.(attention\.output|output)\.adapters\.([^.]+)\.(.+)$")
 _LORA = re.compile(r"(?:^|\.)layer\.(\d+)\.(" + "|".join(re.escape(k) for k in _DENSE)
-                   + r")\.loras\.([^.]+)\.(lora_A|lora_B)$")
+                   + r")\.loras\.([^.]+)\.(lora_A|lora_B|m\.weight|vera_D|vera_B)$")
+_SHARED = re.compile(r"(?:^|\.)shared_parameters\.([^.]+)\.(lora_A|lora_B)$")
 _PREFIX = re.compile(r"(?:^|\.)prefix_tunings\.([^.]+)\.self_prefix\.(.+)$")
 _FUSION = re.compile(r"(?:^|\.)layer\.(\d+)\.(attention\.output|output)\.adapter_fusion_layer\."
                      r"([^.]+)\.(query|key|value|dense)\.(weight|bias)$")
@@ -92,10 +93,18 @@ def from_library_state(module, state: dict, adapter: str | None = None) -> dict:
         if match and match.group(3) == adapter:
             method = _method(module, "lora", key)
             point = f"{method.name}.layer_{match.group(1)}_{_DENSE[match.group(2)]}"
+            kind = match.group(4)
             if method.config.composition_mode == "scale":
                 out[f"{point}.scale"] = value.reshape(-1)  # (IA)^3: lora_B [out, 1]
+            elif kind == "m.weight":
+                out[f"{point}.m"] = value.reshape(-1)  # DoRA's magnitude: [out, 1]
             else:
-                out[f"{point}.{match.group(4)}"] = value.T
+                out[f"{point}.{kind}"] = value.T
+            continue
+        match = _SHARED.search(key)
+        if match and match.group(1) == adapter:  # VeRA's frozen pair, [r, in] and [out, r]
+            method = _method(module, "lora", key)
+            out[f"{method.name}.shared_{match.group(2)[-1]}"] = value.T
             continue
         match = _PREFIX.search(key)
         if match and match.group(1) == adapter:

@@ -94,8 +94,12 @@ class AdapterMethod(keras.layers.Layer):
         return blocks if blocks is not None else frozenset(
             ("stack", "parallel", "batch_split", "average", "split", "fuse", "multi_task"))
 
+    def bind(self, encoder) -> None:
+        """Gives hooks the base weights they read (DoRA's kernels); most methods read none."""
+
     def attach(self, encoder, adapter: str) -> None:
         """Registers every hook under `adapter`; on an error none stays registered."""
+        self.bind(encoder)
         done = []
         try:
             for path, hook in self.placements():

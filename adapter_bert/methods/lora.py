@@ -65,6 +65,8 @@ class LoRAConfig(AdapterConfig):
             std 0.02) or "ia3" (ones: (IA)^3's vectors; for LoRA, A and B all ones, as in the
             adapters library).
         use_gating: UniPELT gating (parsed for compatibility; not implemented).
+        use_dora: DoRA's magnitude and direction (`adapter_bert.methods.dora`).
+        vera_d / vera_b: VeRA's initial scales (`adapter_bert.methods.vera`); None: not VeRA.
     """
 
     selfattn_lora: bool = True
@@ -78,13 +80,15 @@ class LoRAConfig(AdapterConfig):
     composition_mode: str = "add"
     init_weights: str = "lora"
     use_gating: bool = False
+    use_dora: bool = False
+    vera_d: float | None = None
+    vera_b: float | None = None
 
     architecture = "lora"
     location_flags = ("selfattn_lora", "intermediate_lora", "output_lora")
     union_label = "LoRA / (IA)^3 configs"
     # The library's init seed, DoRA, VeRA and reduced-precision variants: adapter_bert has none.
-    library_only = {"init_weights_seed": None, "use_dora": False, "vera_d": None, "vera_b": None,
-                    "dtype": None}
+    library_only = {"init_weights_seed": None, "dtype": None}
 
     def validate(self):
         check_leave_out(self.leave_out)
@@ -99,8 +103,16 @@ class LoRAConfig(AdapterConfig):
             raise ValueError(f"attn_matrices must be a list of 'q', 'k', 'v', got {self.attn_matrices!r}")
         if self.composition_mode not in ("add", "scale"):
             raise ValueError(f"composition_mode must be 'add' or 'scale', got {self.composition_mode!r}")
-        if self.init_weights not in ("lora", "bert", "ia3"):
-            raise ValueError(f"init_weights must be 'lora', 'bert' or 'ia3', got {self.init_weights!r}")
+        if self.init_weights not in ("lora", "bert", "ia3", "vera"):
+            raise ValueError(f"init_weights must be 'lora', 'bert', 'ia3' or 'vera', got "
+                             f"{self.init_weights!r}")
+        for name in ("vera_d", "vera_b"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"{name} must be a number or None, got {value!r}")
+        if self.use_dora and (self.vera_d is not None or self.vera_b is not None) \
+                and self.composition_mode == "scale":
+            raise ValueError("use_dora and VeRA's vera_d / vera_b apply to composition_mode='add'")
         if not (self.selfattn_lora or self.intermediate_lora or self.output_lora):
             raise ValueError("enable at least one of selfattn_lora, intermediate_lora, output_lora")
 
@@ -307,5 +319,11 @@ class DenseHookMethod(AdapterMethod):
 
 LoRAMethod = DenseHookMethod
 
+def is_plain_lora(values: dict) -> bool:
+    """LoRA proper: added updates, no DoRA magnitude, no VeRA scales."""
+    return (values.get("composition_mode", "add") != "scale" and not values.get("use_dora")
+            and values.get("vera_d") is None and values.get("vera_b") is None)
+
+
 register_method(LoRAConfig, LoRAMethod, identifiers={"lora": LoRAConfig()}, presets={"lora": "lora"},
-                selects=lambda values: values.get("composition_mode", "add") != "scale")
+                selects=is_plain_lora)

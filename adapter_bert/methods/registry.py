@@ -41,8 +41,12 @@ class MethodEntry:
     selects: Callable[[dict], bool] | None = None
 
     def builds(self, config: AdapterConfig) -> bool:
-        return isinstance(config, self.config_class) and (
-            self.selects is None or self.selects(config.to_dict()))
+        # Methods sharing an architecture (LoRA, (IA)^3, DoRA, VeRA are all `lora`, as in the
+        # adapters library) are told apart by their predicates, whatever the config's class.
+        if self.selects is not None:
+            return (config.architecture == self.config_class.architecture
+                    and self.selects(config.to_dict()))
+        return isinstance(config, self.config_class)
 
 
 _METHODS: list[MethodEntry] = []

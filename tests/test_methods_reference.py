@@ -1,0 +1,64 @@
+"""The newer methods against the real adapters library (1.3.0) on the packaged MiniLM.
+
+`tests/fixtures/make_methods_reference.py` ran the library once with fixed weights; loading the
+same weights by name must give the same last hidden states within 1e-4.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adapter_bert import AdapterBertModel
+from adapter_bert.formats.adapters_library import from_library_state
+
+FIXTURE = Path(__file__).parent / "fixtures" / "methods_reference.npz"
+TOLERANCE = 1e-4
+
+
+def _state(data) -> dict:
+    state = {k.removeprefix("weight/"): data[k].astype(np.float32)
+             for k in data.files if k.startswith("weight/")}
+    for key in data.files:  # large square matrices are stored as factors (see the script)
+        if key.startswith("factors/") and key.endswith("/a"):
+            name = key.removeprefix("factors/").removesuffix("/a")
+            a, b = data[key], data[f"factors/{name}/b"]
+            value = a.astype(np.float64) @ b.astype(np.float64)
+            eye = float(data[f"factors/{name}/eye"])
+            state[name] = (value + eye * np.eye(value.shape[0])).astype(np.float32)
+    return state
+
+
+@pytest.fixture(scope="module")
+def reference():
+    data = np.load(FIXTURE)
+    model = AdapterBertModel.from_pretrained("all-minilm-l6-v2")
+    state = _state(data)
+    names = [k.removeprefix("config/") for k in data.files if k.startswith("config/")]
+    for name in names:
+        model.add_adapter(name, config=str(data[f"config/{name}"]))
+        module = model.adapters[name]
+        values = from_library_state(module, state)
+        variables = module.named_variables()
+        assert sorted(values) == sorted(variables), "every weight comes from the library's file"
+        for key, value in values.items():
+            variables[key].assign(value)
+    inputs = {k: data[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    return model, data, inputs, names
+
+
+def _real_tokens(model, inputs, dims):
+    mask = inputs["attention_mask"].astype(bool)
+    return model.bert(inputs)["sequence_output"].numpy()[mask][:, :dims]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["dora", "vera"])
+def test_methods_match_the_adapters_library(reference, name):
+    model, data, inputs, names = reference
+    assert name in names
+    model.set_active_adapters(name)
+    expected = data[f"out/{name}"]
+    np.testing.assert_allclose(_real_tokens(model, inputs, expected.shape[1]), expected,
+                               atol=TOLERANCE)
+    assert np.abs(expected - data["out/base"]).max() > 1e-2  # the adapter acts
