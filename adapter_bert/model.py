@@ -235,8 +235,7 @@ class AdapterBertModel(keras.Model):
         config = AdapterConfig.load(config)
         module = AdapterModule(name, config, self.bert.bert_config, dtype=self.bert.dtype_policy)
         for method in module.methods:
-            if hasattr(method, "init_from_base"):
-                method.init_from_base(self.bert)
+            method.init_from_base(self.bert, checkpoint_dir=self.checkpoint_dir)
         self._install(name, module)
         if set_active:
             self.set_active_adapters(name)

@@ -246,3 +246,14 @@ def test_mixed_signature_serves_each_row_with_its_own_task(tmp_path, tiny):
     shown = subprocess.run(command + ["show", "--dir", str(path), "--all"], capture_output=True,
                            text=True, timeout=300)
     assert "signature_def['mixed']" in shown.stdout and "inputs['task']" in shown.stdout
+
+
+def test_prompt_tuning_export_takes_the_unextended_inputs(tmp_path, tiny):
+    model = _model(tiny, [("sst2", "prompt_tuning[prompt_length=3]", 2)])
+    tokenizer = load_tokenizer(tiny)
+    features, logits = _keras_outputs(model, tokenizer, "sst2", text_b=False)
+    path = export_saved_model(model, tmp_path / "export", "sst2", tokenizer, max_seq_length=32)
+    out = _load_in_fresh_process(path, {"serving_default": {k: v.tolist() for k, v in features.items()},
+                                        "serve_text": {"text_a": PAIRS_A}}, text=True)
+    for name in ("serving_default", "serve_text"):
+        np.testing.assert_allclose(out["results"][name]["logits"], logits, atol=1e-5)

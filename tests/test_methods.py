@@ -26,6 +26,7 @@ BERT_BASE_COUNTS = [
     ("prefix_tuning_flat", 552_960),
     ("mam", 22_493_984),
     ("dora", 313_344),
+    ("prompt_tuning", 7_680),
     ("vera", 14_169_600),  # the frozen shared pair included, as the library counts it
 ]
 
@@ -101,7 +102,9 @@ TRAINABLE = ["seq_bn", "double_seq_bn[task_layer_norm=True, init_weights='houlsb
              "scaled_par_bn", "lora[output_lora=True, intermediate_lora=True]", "ia3",
              "prefix_tuning[prefix_length=4, bottleneck_size=8]", "prefix_tuning_flat[prefix_length=4]",
              "prefix_tuning[prefix_length=4]|par_bn", "bitfit",
-             "seq_bn[ln_before=True, ln_after=True, scaling='channel']", "dora", "vera[vera_b=0.1]"]
+             "seq_bn[ln_before=True, ln_after=True, scaling='channel']", "dora", "vera[vera_b=0.1]",
+             "prompt_tuning[prompt_length=3]",
+             "prompt_tuning[prompt_length=2, combine='prefix_after_bos']|lora"]
 
 
 def _train(model, inputs, labels, steps=20, learning_rate=1e-2):
@@ -237,7 +240,8 @@ def test_eject_prefix_tuning_keeps_outputs(config):
 
 @pytest.mark.parametrize("config", ["double_seq_bn[task_layer_norm=True, init_weights='houlsby']",
                                     "lora", "ia3", "prefix_tuning[prefix_length=5]", "mam", "bitfit",
-                                    "full", "scaled_par_bn"])
+                                    "full", "scaled_par_bn", "dora", "vera",
+                                    "prompt_tuning[prompt_length=3]"])
 def test_save_then_load_into_a_fresh_model(tmp_path, config):
     model = _model(seed=1)
     inputs = random_inputs()
@@ -564,3 +568,26 @@ def test_union_conflicts_found_with_the_models_layers(config, match):
     with pytest.raises(ValueError, match=match):
         model.add_adapter("u", config=config)
     assert model.adapters == {}
+
+
+def test_prompt_tuning_from_string_starts_at_the_word_embeddings(tmp_path):
+    from adapter_bert import load_tokenizer
+    from adapter_bert.testing import write_tiny_hf_checkpoint
+
+    write_tiny_hf_checkpoint(tmp_path, seed=0)
+    model = AdapterBertModel.from_pretrained(tmp_path)
+    model.add_adapter("p", config="prompt_tuning[prompt_length=7, prompt_init='from_string', "
+                                  "prompt_init_text='the cat sat']")
+    ids = load_tokenizer(tmp_path).encode(["the cat sat"], max_seq_length=16)["input_ids"][0].tolist()
+    assert len(ids) == 5  # [CLS] the cat sat [SEP]
+    expected = model.bert.embeddings.word_embeddings.embeddings.numpy()[(ids * 2)[:7]]
+    np.testing.assert_array_equal(model.adapters["p"].named_variables()
+                                  ["prompt_tuning.prompt.prompt_embedding"].numpy(), expected)
+    with pytest.raises(ValueError, match="needs prompt_init_text"):
+        model.add_adapter("q", config="prompt_tuning[prompt_init='from_string']")
+    with pytest.raises(ValueError, match="Parallel cannot hold adapter 'p': its prompt_tuning "
+                                         "method composes only with Stack"):
+        model.add_adapter("r", config="lora")
+        from adapter_bert import Parallel
+
+        model.set_active_adapters(Parallel("p", "r"))

@@ -53,7 +53,7 @@ def _real_tokens(model, inputs, dims):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["dora", "vera"])
+@pytest.mark.parametrize("name", ["dora", "vera", "prompt", "prompt_bos"])
 def test_methods_match_the_adapters_library(reference, name):
     model, data, inputs, names = reference
     assert name in names

@@ -216,10 +216,11 @@ class BertEmbeddings(_HookOwner, keras.layers.Layer):
         self.layer_norm = HookedLayerNorm(
             epsilon=layer_norm_eps, dtype=self.dtype_policy, name="layer_norm")
         self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy, name="dropout")
+        self.output_point = HookPoint("output", "embeddings")
         self._name_points(f"{self.name}.", None)
 
     def hook_points(self) -> dict[str, HookPoint]:
-        return {"layer_norm": self.layer_norm.hook_point}
+        return {"layer_norm": self.layer_norm.hook_point, "output": self.output_point}
 
     def build(self, input_shape):
         self.word_embeddings.build(input_shape)
@@ -539,7 +540,7 @@ class BertEncoder(keras.layers.Layer):
         """The hook point at `path`; unknown paths are a KeyError listing the kinds of path."""
         points = self.hook_points()
         if path not in points:
-            raise KeyError(f"unknown hook point {path!r}; points are embeddings.layer_norm, "
+            raise KeyError(f"unknown hook point {path!r}; points are embeddings.layer_norm|output, "
                            f"layer_<i>.<{'|'.join(self.layers[0].hook_points())}>, pooler.dense")
         return points[path]
 
@@ -650,6 +651,10 @@ class BertEncoder(keras.layers.Layer):
                     ops.concatenate([t] * replicas, axis=0) for t in (input_ids, token_type_ids, mask))
                 context.replicas = replicas
             hidden = self.embeddings(input_ids, token_type_ids, training=training)
+            positions = None
+            if self.embeddings.output_point.is_active():  # e.g. prompt tuning lengthens the input
+                hidden, mask, positions = self.embeddings.output_point.run(
+                    hidden, mask, ops.arange(ops.shape(input_ids)[1]), training=training)
             mask_bias = padding_mask_bias(mask, hidden.dtype)
             tokens = context.tokens = TokenIndex(mask) if use_tokens else None
             if tokens is not None:
@@ -666,6 +671,8 @@ class BertEncoder(keras.layers.Layer):
                 hidden = layer(hidden, mask_bias, training=training, tokens=tokens)
             if tokens is not None:
                 hidden = tokens.scatter(hidden)
+            if positions is not None:  # only the input's own positions leave the encoder
+                hidden = ops.take(hidden, positions, axis=1)
             if replicate_at == len(self.layers):
                 hidden = ops.concatenate([hidden] * replicas, axis=0)
                 context.replicas = replicas

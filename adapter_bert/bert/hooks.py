@@ -18,7 +18,11 @@ kind           hook call                                                 used by
 `norm`         `hook(x, y, training=)` -> `y` (a LayerNorm's output)     BitFit
 `residual`     replaces "LayerNorm(sublayer_output + sublayer_input)"   bottleneck adapters
 `attention`    `(key, value, mask_bias)` -> the same, extended          prefix tuning
+`embeddings`   `(hidden, mask, positions)` -> the same, extended        prompt tuning
 =============  =======================================================  ==========================
+
+At the `embeddings` point (the embedding output), `positions` holds, for each position of the
+original input, its index in the sequence the encoder runs on; the encoder returns only those.
 
 How hooks of one family combine inside a block is the family's business: each hook names its
 `composer`, a `Composer` subclass that walks the setup over the family's hooks at that point
@@ -58,7 +62,7 @@ from typing import Any, NamedTuple
 
 from keras import ops
 
-KINDS = ("dense", "norm", "residual", "attention")
+KINDS = ("dense", "norm", "residual", "attention", "embeddings")
 
 
 class HookPoint:

@@ -33,6 +33,7 @@ _LOCATION = {"attention.output": "mh_adapter", "output": "output_adapter"}
 _BOTTLENECK = re.compile(r"(?:^|\.)layer\.(\d+)\.(attention\.output|output)\.adapters\.([^.]+)\.(.+)$")
 _LORA = re.compile(r"(?:^|\.)layer\.(\d+)\.(" + "|".join(re.escape(k) for k in _DENSE)
                    + r")\.loras\.([^.]+)\.(lora_A|lora_B|m\.weight|vera_D|vera_B)$")
+_PROMPT = re.compile(r"(?:^|\.)prompt_tunings\.([^.]+)\.prompt_embedding\.weight$")
 _SHARED = re.compile(r"(?:^|\.)shared_parameters\.([^.]+)\.(lora_A|lora_B)$")
 _PREFIX = re.compile(r"(?:^|\.)prefix_tunings\.([^.]+)\.self_prefix\.(.+)$")
 _FUSION = re.compile(r"(?:^|\.)layer\.(\d+)\.(attention\.output|output)\.adapter_fusion_layer\."
@@ -100,6 +101,11 @@ def from_library_state(module, state: dict, adapter: str | None = None) -> dict:
                 out[f"{point}.m"] = value.reshape(-1)  # DoRA's magnitude: [out, 1]
             else:
                 out[f"{point}.{kind}"] = value.T
+            continue
+        match = _PROMPT.search(key)
+        if match and match.group(1) == adapter:
+            method = _method(module, "prompt_tuning", key)
+            out[f"{method.name}.prompt.prompt_embedding"] = value
             continue
         match = _SHARED.search(key)
         if match and match.group(1) == adapter:  # VeRA's frozen pair, [r, in] and [out, r]

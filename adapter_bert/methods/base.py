@@ -94,6 +94,10 @@ class AdapterMethod(keras.layers.Layer):
         return blocks if blocks is not None else frozenset(
             ("stack", "parallel", "batch_split", "average", "split", "fuse", "multi_task"))
 
+    def init_from_base(self, encoder, checkpoint_dir: str | None = None) -> None:
+        """Initialises weights that start from the base's (copies of LayerNorms, DoRA's norms,
+        prompts from word embeddings); `checkpoint_dir` has the base's tokenizer."""
+
     def bind(self, encoder) -> None:
         """Gives hooks the base weights they read (DoRA's kernels); most methods read none."""
 

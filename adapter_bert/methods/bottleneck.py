@@ -473,7 +473,7 @@ class BottleneckMethod(AdapterMethod):
                     self.locations.append((i, point, norm))
         self.built = True
 
-    def init_from_base(self, encoder) -> None:
+    def init_from_base(self, encoder, checkpoint_dir=None) -> None:
         """Initialises the task LayerNorm copies from the pretrained LayerNorms."""
         for adapter, (i, _, norm) in zip(self.adapters, self.locations):
             adapter.init_task_layer_norm(getattr(encoder.layers[i], norm))

@@ -114,7 +114,7 @@ class DoRAMethod(DenseHookMethod):
         return DoRADense(input_dim, output_dim, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
                          init_weights=cfg.init_weights, dtype=self.dtype_policy, name=name)
 
-    def init_from_base(self, encoder) -> None:
+    def init_from_base(self, encoder, checkpoint_dir=None) -> None:
         for hook, dense in self._targets(encoder):
             hook.init_magnitude(dense)
 

@@ -87,7 +87,7 @@ def register_method(config_class: type, method_class: type | None = None,
 # Identifiers of the adapters library's table with no method here yet: the error says so, so that
 # users know the name is right and the method is missing.
 for _identifier in ("seq_bn_inv", "double_seq_bn_inv", "compacter", "compacter++", "unipelt",
-                    "prompt_tuning"):
+                    "loreft", "noreft", "direft"):
     CONFIG_TABLE.reserve(_identifier, "is not implemented in adapter_bert yet")
 
 
