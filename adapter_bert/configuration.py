@@ -57,6 +57,8 @@ class AdapterConfig:
     #: Fields whose values tell apart the identifiers that share this class (prefix tuning's
     #: `flat`: `prefix_tuning` or `prefix_tuning_flat`), for `CONFIG_TABLE.identifier_of`.
     variant_fields: ClassVar[tuple[str, ...]] = ()
+    #: Other names a field is known by, e.g. `use_phm` for `phm_layer`.
+    aliases: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self):
         object.__setattr__(self, "_frozen", True)
@@ -116,6 +118,7 @@ class AdapterConfig:
             ValueError: naming every such option that is not at the library's default.
         """
         fields = cls._field_names()
+        values = {cls.aliases.get(k, k): v for k, v in values.items()}
         extra = {k: v for k, v in values.items() if k in cls.library_only and k not in fields}
         unsupported = {k: v for k, v in extra.items() if v != cls.library_only[k]}
         if unsupported:
@@ -279,7 +282,7 @@ class ConfigUnion(AdapterConfig):
     def replace(self, **changes) -> "ConfigUnion":
         """Replaces the given fields in every member that has them; the union keeps its class."""
         def known(config):
-            return config._field_names() | set(config.library_only)
+            return config._field_names() | set(config.library_only) | set(config.aliases)
 
         unknown = set(changes) - set().union(*(known(c) for c in self.configs))
         if unknown:

@@ -27,6 +27,8 @@ BERT_BASE_COUNTS = [
     ("mam", 22_493_984),
     ("dora", 313_344),
     ("prompt_tuning", 7_680),
+    ("compacter", 57_088),
+    ("compacter++", 28_576),
     ("vera", 14_169_600),  # the frozen shared pair included, as the library counts it
 ]
 
@@ -104,7 +106,9 @@ TRAINABLE = ["seq_bn", "double_seq_bn[task_layer_norm=True, init_weights='houlsb
              "prefix_tuning[prefix_length=4]|par_bn", "bitfit",
              "seq_bn[ln_before=True, ln_after=True, scaling='channel']", "dora", "vera[vera_b=0.1]",
              "prompt_tuning[prompt_length=3]",
-             "prompt_tuning[prompt_length=2, combine='prefix_after_bos']|lora"]
+             "prompt_tuning[prompt_length=2, combine='prefix_after_bos']|lora",
+             "compacter[reduction_factor=4, phm_init_range=0.1]",
+             "compacter++[reduction_factor=4, shared_W_phm=True, phm_init_range=0.1]"]
 
 
 def _train(model, inputs, labels, steps=20, learning_rate=1e-2):
@@ -591,3 +595,23 @@ def test_prompt_tuning_from_string_starts_at_the_word_embeddings(tmp_path):
         from adapter_bert import Parallel
 
         model.set_active_adapters(Parallel("p", "r"))
+
+
+def test_compacter_shares_its_rules_once_per_adapter():
+    model = _model(num_hidden_layers=3)
+    model.add_adapter("c", config="compacter[reduction_factor=4]")
+    names = [k for k in model.adapters["c"].named_variables() if "phm_rule" in k]
+    assert names == ["bottleneck.shared.phm_rule"]  # one variable for the 6 PHM layers
+    assert len({id(v) for v in model.adapters["c"].weights}) == len(model.adapters["c"].weights)
+    model.add_adapter("d", config="seq_bn[use_phm=True, reduction_factor=4, learn_phm=False]")
+    assert model.adapters["d"].config.phm_layer
+    model.train_adapter("d")
+    frozen = [v.path for v in model.adapters["d"].weights if not v.trainable]
+    assert len(frozen) == 1 and frozen[0].endswith("phm_rule")  # learn_phm=False is honoured
+    for config, match in (("compacter[init_weights='houlsby']", "init_weights must be 'bert'"),
+                          ("compacter[reduction_factor=3]", "divisible by phm_dim=4"),
+                          ("compacter[shared_W_phm=True, factorized_phm_W=False]",
+                           "shared_W_phm needs factorized_phm_W"),
+                          ("compacter[hypercomplex_nonlinearity='phm']", "hypercomplex_nonlinearity")):
+        with pytest.raises(ValueError, match=match):
+            model.add_adapter("bad", config=config)

@@ -53,7 +53,8 @@ def _real_tokens(model, inputs, dims):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["dora", "vera", "prompt", "prompt_bos"])
+@pytest.mark.parametrize("name", ["dora", "vera", "prompt", "prompt_bos", "compacter",
+                                  "compacterpp", "compacter_shared_w", "compacter_rules"])
 def test_methods_match_the_adapters_library(reference, name):
     model, data, inputs, names = reference
     assert name in names

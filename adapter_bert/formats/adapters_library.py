@@ -34,7 +34,7 @@ _BOTTLENECK = re.compile(r"(?:^|\.)layer\.(\d+)\.(attention\.output|output)\.ada
 _LORA = re.compile(r"(?:^|\.)layer\.(\d+)\.(" + "|".join(re.escape(k) for k in _DENSE)
                    + r")\.loras\.([^.]+)\.(lora_A|lora_B|m\.weight|vera_D|vera_B)$")
 _PROMPT = re.compile(r"(?:^|\.)prompt_tunings\.([^.]+)\.prompt_embedding\.weight$")
-_SHARED = re.compile(r"(?:^|\.)shared_parameters\.([^.]+)\.(lora_A|lora_B)$")
+_SHARED = re.compile(r"(?:^|\.)shared_parameters\.([^.]+)\.(lora_A|lora_B|phm_rule\w*|W_\w+)$")
 _PREFIX = re.compile(r"(?:^|\.)prefix_tunings\.([^.]+)\.self_prefix\.(.+)$")
 _FUSION = re.compile(r"(?:^|\.)layer\.(\d+)\.(attention\.output|output)\.adapter_fusion_layer\."
                      r"([^.]+)\.(query|key|value|dense)\.(weight|bias)$")
@@ -52,6 +52,10 @@ def _bottleneck_key(module, layer, location, rest, key):
     method = _method(module, "bottleneck", key)
     prefix = f"{method.name}.layer_{layer}_{_LOCATION[location]}."
     ln_before = method.config.ln_before
+    if method.config.phm_layer:  # Compacter: PHM weights keep their layout (x @ H, H [in, out])
+        for part, ours in (("adapter_down.0.", "down."), ("adapter_up.", "up.")):
+            if rest.startswith(part):
+                return prefix + ours + rest[len(part):], False
     table = {"adapter_up.weight": ("up.kernel", True), "adapter_up.bias": ("up.bias", False),
              "adapter_norm_after.weight": ("adapter_norm_after.gamma", False),
              "adapter_norm_after.bias": ("adapter_norm_after.beta", False),
@@ -108,9 +112,13 @@ def from_library_state(module, state: dict, adapter: str | None = None) -> dict:
             out[f"{method.name}.prompt.prompt_embedding"] = value
             continue
         match = _SHARED.search(key)
-        if match and match.group(1) == adapter:  # VeRA's frozen pair, [r, in] and [out, r]
-            method = _method(module, "lora", key)
-            out[f"{method.name}.shared_{match.group(2)[-1]}"] = value.T
+        if match and match.group(1) == adapter:
+            if match.group(2) in ("lora_A", "lora_B"):  # VeRA's frozen pair, [r, in] and [out, r]
+                method = _method(module, "lora", key)
+                out[f"{method.name}.shared_{match.group(2)[-1]}"] = value.T
+            else:  # Compacter's shared rules and W factors
+                method = _method(module, "bottleneck", key)
+                out[f"{method.name}.shared.{match.group(2)}"] = value
             continue
         match = _PREFIX.search(key)
         if match and match.group(1) == adapter:

@@ -69,6 +69,11 @@ class BnConfig(AdapterConfig):
         dropout: dropout on the adapter output.
         task_layer_norm: own, trained copies of the layer's LayerNorms (Houlsby et al.).
         use_gating: UniPELT gating (parsed for compatibility; not implemented).
+        phm_layer: Compacter's parameterized hypercomplex projections instead of Dense ones
+            (`use_phm` is accepted as its other name); the `phm_*` options and
+            `factorized_phm_W`, `shared_W_phm`, `shared_phm_rule`, `factorized_phm_rule`,
+            `learn_phm`, `hypercomplex_nonlinearity` are described in
+            `adapter_bert.methods.compacter`.
     """
 
     mh_adapter: bool = False
@@ -88,21 +93,30 @@ class BnConfig(AdapterConfig):
     leave_out: list = dataclasses.field(default_factory=list)
     dropout: float = 0.0
     task_layer_norm: bool = False
+    phm_layer: bool = False
+    phm_dim: int = 4
+    factorized_phm_W: bool = True
+    shared_W_phm: bool = False
+    shared_phm_rule: bool = True
+    factorized_phm_rule: bool = False
+    phm_c_init: str = "normal"
+    phm_init_range: float = 0.0001
+    learn_phm: bool = True
+    hypercomplex_nonlinearity: str = "glorot-uniform"
+    phm_rank: int = 1
+    phm_bias: bool = True
 
     architecture = "bottleneck"
     location_flags = ("mh_adapter", "output_adapter")
     combines_at_other_locations = True
     union_label = "bottleneck adapters"
     variant_fields = ("scaling",)
-    # The library's invertible, cross-attention, Compacter (PHM) and stochastic-depth variants and
-    # its init seed: adapter_bert has none of them.
+    # The library's invertible, cross-attention and stochastic-depth variants and its init
+    # seed: adapter_bert has none of them.
     library_only = {
         "init_weights_seed": None, "inv_adapter": None, "inv_adapter_reduction_factor": None,
-        "cross_adapter": False, "phm_layer": False, "phm_dim": 4, "factorized_phm_W": True,
-        "shared_W_phm": False, "shared_phm_rule": True, "factorized_phm_rule": False,
-        "phm_c_init": "normal", "phm_init_range": 0.0001, "learn_phm": True,
-        "hypercomplex_nonlinearity": "glorot-uniform", "phm_rank": 1, "phm_bias": True,
-        "stochastic_depth": 0.0}
+        "cross_adapter": False, "stochastic_depth": 0.0}
+    aliases = {"use_phm": "phm_layer"}
 
     def validate(self):
         check_activation(self.non_linearity)
@@ -123,6 +137,8 @@ class BnConfig(AdapterConfig):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not (self.mh_adapter or self.output_adapter):
             raise ValueError("a bottleneck adapter needs mh_adapter or output_adapter")
+        if self.phm_layer:
+            _PROJECTIONS["phm"].validate(self)
 
     def bottleneck_size(self, layer: int, hidden_size: int) -> int:
         factor = self.reduction_factor
@@ -300,6 +316,17 @@ class BottleneckComposer(Composer):
         return ops.zeros_like(state.hidden)
 
 
+# Projections other than Dense that a method module provides for bottleneck adapters, by name
+# (`adapter_bert.methods.compacter` registers "phm"), so that this module imports none of them.
+_PROJECTIONS: dict = {}
+
+
+def register_projection(name: str, provider) -> None:
+    """Lets a method module provide bottleneck projections: `provider.layer(...)`,
+    `provider.shared(...)` and `provider.validate(config)`."""
+    _PROJECTIONS[name] = provider
+
+
 def _final_adapter(last):
     """The adapter applied last in a walk's `last` (which nests for blocks inside an Average)."""
     while last is not None and not isinstance(last, str):
@@ -322,12 +349,13 @@ class BottleneckAdapter(keras.layers.Layer):
         bottleneck_size: width of the down-projection.
         config: the `BnConfig` that decides placement, init and scaling.
         layer_norm_eps: epsilon of the task LayerNorm copies (the base's own epsilon).
+        shared: the adapter's shared PHM weights (Compacter), owned by its method.
     """
 
     composer = BottleneckComposer
 
     def __init__(self, hidden_size: int, bottleneck_size: int, config: BnConfig,
-                 layer_norm_eps: float = 1e-12, **kwargs):
+                 layer_norm_eps: float = 1e-12, shared=None, **kwargs):
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.bottleneck_size = bottleneck_size
@@ -338,10 +366,17 @@ class BottleneckAdapter(keras.layers.Layer):
         self.adapter_norm_before = (LayerNorm(
             epsilon=1e-5, dtype=self.dtype_policy, name="adapter_norm_before")
             if config.ln_before else None)
-        self.down = keras.layers.Dense(bottleneck_size, kernel_initializer=down_init,
-                                       dtype=self.dtype_policy, name="down")
-        self.up = keras.layers.Dense(hidden_size, kernel_initializer=up_init,
-                                     dtype=self.dtype_policy, name="up")
+        if config.phm_layer:  # Compacter: see adapter_bert.methods.compacter
+            phm = _PROJECTIONS["phm"]
+            self.down = phm.layer(hidden_size, bottleneck_size, "down", config, shared,
+                                  dtype=self.dtype_policy, name="down")
+            self.up = phm.layer(bottleneck_size, hidden_size, "up", config, shared,
+                                dtype=self.dtype_policy, name="up")
+        else:
+            self.down = keras.layers.Dense(bottleneck_size, kernel_initializer=down_init,
+                                           dtype=self.dtype_policy, name="down")
+            self.up = keras.layers.Dense(hidden_size, kernel_initializer=up_init,
+                                         dtype=self.dtype_policy, name="up")
         self.adapter_norm_after = (LayerNorm(
             epsilon=1e-5, dtype=self.dtype_policy, name="adapter_norm_after")
             if config.ln_after else None)
@@ -462,14 +497,18 @@ class BottleneckMethod(AdapterMethod):
             raise NotImplementedError("use_gating (UniPELT gates) is not implemented yet")
         self.locations = []  # (layer index, hook point, base LayerNorm)
         self.adapters = []
+        # Compacter's rules (and W) shared by all of this adapter's PHM layers: once per model.
+        self.shared = (_PROJECTIONS["phm"].shared(config, bert_config.hidden_size,
+                                                  dtype=self.dtype_policy, name="shared")
+                       if config.phm_layer else None)
         for i in self.layer_indices():
             size = config.bottleneck_size(i, bert_config.hidden_size)
             for flag, (point, norm) in _LOCATIONS.items():
                 if getattr(config, flag):
                     self.adapters.append(BottleneckAdapter(
                         bert_config.hidden_size, size, config,
-                        layer_norm_eps=bert_config.layer_norm_eps, dtype=self.dtype_policy,
-                        name=f"layer_{i}_{flag}"))
+                        layer_norm_eps=bert_config.layer_norm_eps, shared=self.shared,
+                        dtype=self.dtype_policy, name=f"layer_{i}_{flag}"))
                     self.locations.append((i, point, norm))
         self.built = True
 

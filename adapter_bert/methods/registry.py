@@ -56,7 +56,8 @@ _PRESETS: dict[str, Preset] = {}
 def register_method(config_class: type, method_class: type | None = None,
                     identifiers: dict[str, AdapterConfig] | None = None, config_classes=(),
                     presets: dict[str, Preset] | None = None,
-                    selects: Callable[[dict], bool] | None = None) -> None:
+                    selects: Callable[[dict], bool] | None = None,
+                    bare_dicts: bool = True) -> None:
     """Registers a method: the one call each method module makes.
 
     Args:
@@ -70,6 +71,9 @@ def register_method(config_class: type, method_class: type | None = None,
         presets: `--method` names of the training command and their configs.
         selects: a predicate on a config's `to_dict()`, for architectures shared by two methods
             (LoRA and (IA)^3 are both `lora`, told apart by `composition_mode`).
+        bare_dicts: whether a dict of the architecture that names no class loads as
+            `config_class` (False for variants such as Compacter's, whose dicts the base
+            class loads).
 
     Raises:
         ValueError: an identifier, class name or preset that is registered already.
@@ -77,8 +81,8 @@ def register_method(config_class: type, method_class: type | None = None,
     for name in presets or {}:
         if name in _PRESETS:
             raise ValueError(f"--method preset {name!r} is registered already")
-    CONFIG_TABLE.add(identifiers or {}, (config_class, *config_classes), default_class=config_class,
-                     selects=selects)
+    CONFIG_TABLE.add(identifiers or {}, (config_class, *config_classes),
+                     default_class=config_class if bare_dicts else None, selects=selects)
     if method_class is not None:
         _METHODS.append(MethodEntry(config_class, method_class, selects))
     _PRESETS.update(presets or {})
@@ -86,8 +90,7 @@ def register_method(config_class: type, method_class: type | None = None,
 
 # Identifiers of the adapters library's table with no method here yet: the error says so, so that
 # users know the name is right and the method is missing.
-for _identifier in ("seq_bn_inv", "double_seq_bn_inv", "compacter", "compacter++", "unipelt",
-                    "loreft", "noreft", "direft"):
+for _identifier in ("seq_bn_inv", "double_seq_bn_inv", "unipelt", "loreft", "noreft", "direft"):
     CONFIG_TABLE.reserve(_identifier, "is not implemented in adapter_bert yet")
 
 
