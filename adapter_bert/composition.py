@@ -49,7 +49,7 @@ BatchSplit[a, Stack[b, c]]
 >>> Stack("a", Stack("b", "c"))
 Traceback (most recent call last):
 ...
-ValueError: adapter setup is invalid: cannot nest Stack[b, c] in Stack[a, Stack[b, c]]; Stack may hold names, Fuse, Split, Parallel, BatchSplit, Average
+ValueError: adapter setup is invalid: cannot nest Stack[b, c] in Stack[a, Stack[b, c]]; Stack may hold names, Fuse, Split, Parallel, BatchSplit, Average, MultiTask
 """
 
 from __future__ import annotations

@@ -247,7 +247,7 @@ def test_setups_are_checked_against_the_model_before_anything_changes():
         model.set_active_adapters(Split("a", "p", splits=[2]))
     with pytest.raises(ValueError, match="different numbers of branches \\(2, 3\\)"):
         model.set_active_adapters(Stack(Parallel("a", "b"), Parallel("a", "b", "c")))
-    with pytest.raises(ValueError, match="no AdapterFusion layer 'a,b'"):
+    with pytest.raises(ValueError, match="no AdapterFusion named 'a,b'; add it"):
         model.set_active_adapters(Fuse("a", "b"))
     with pytest.raises(ValueError, match="cannot nest Stack\\[b, c\\] in Stack"):
         model.set_active_adapters("Stack(a, Stack(b, c))")

@@ -389,7 +389,7 @@ def test_failed_activation_keeps_the_previous_setup():
     expected = model.bert(inputs)["sequence_output"].numpy()
     model.add_adapter("p", config="prefix_tuning[prefix_length=3]")
     with pytest.raises(ValueError, match="Average cannot hold adapter 'p': its prefix_tuning "
-                                         "method composes only with BatchSplit, Parallel, Stack"):
+                                         "method composes only with BatchSplit, MultiTask, Parallel, Stack"):
         model.set_active_adapters(Average("a", "p"))
     with pytest.raises(KeyError, match="no adapter named 'nope'"):
         model.set_active_adapters(Stack("a", "nope"))
