@@ -29,7 +29,13 @@ from adapter_bert.methods.full import FullFinetuningConfig  # noqa: E402
 from adapter_bert.methods.ia3 import IA3Config  # noqa: E402
 from adapter_bert.methods.lora import LoRAConfig  # noqa: E402
 from adapter_bert.methods.mam import MAMConfig  # noqa: E402
+from adapter_bert.methods.compacter import CompacterConfig, CompacterPlusPlusConfig  # noqa: E402
+from adapter_bert.methods.dora import DoRAConfig  # noqa: E402
 from adapter_bert.methods.prefix import PrefixTuningConfig  # noqa: E402
+from adapter_bert.methods.prompt import PromptTuningConfig  # noqa: E402
+from adapter_bert.methods.reft import DiReftConfig, LoReftConfig, NoReftConfig, ReftConfig  # noqa: E402
+from adapter_bert.methods.unipelt import UniPELTConfig  # noqa: E402
+from adapter_bert.methods.vera import VeraConfig  # noqa: E402
 from adapter_bert.model import AdapterBertModel  # noqa: E402
 
 __version__ = "0.1.0"
@@ -38,4 +44,6 @@ __all__ = ["AdapterBertModel", "BertConfig", "load_tokenizer", "AdapterConfig", 
            "BnConfig", "SeqBnConfig", "DoubleSeqBnConfig", "ParBnConfig", "LoRAConfig", "IA3Config",
            "PrefixTuningConfig", "MAMConfig", "BitFitConfig", "FullFinetuningConfig",
            "Stack", "Parallel", "BatchSplit", "Average", "Split", "Fuse", "MultiTask",
-           "AdapterFusionConfig"]
+           "AdapterFusionConfig", "CompacterConfig", "CompacterPlusPlusConfig", "DoRAConfig",
+           "VeraConfig", "PromptTuningConfig", "UniPELTConfig", "ReftConfig", "LoReftConfig",
+           "NoReftConfig", "DiReftConfig"]

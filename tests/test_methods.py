@@ -29,6 +29,10 @@ BERT_BASE_COUNTS = [
     ("prompt_tuning", 7_680),
     ("compacter", 57_088),
     ("compacter++", 28_576),
+    ("unipelt", 11_083_376),
+    ("loreft", 36_888),
+    ("noreft", 36_888),
+    ("direft", 36_888),
     ("vera", 14_169_600),  # the frozen shared pair included, as the library counts it
 ]
 
@@ -98,8 +102,9 @@ def test_houlsby_init_is_near_identity():
     assert np.linalg.norm(out - base) / np.linalg.norm(base) < 1e-2
 
 
-# Method, and whether every weight must move in 20 steps (prefix/LoRA start from zero-grad spots
-# that the Adam steps leave quickly).
+# Methods whose every weight must move in 20 steps (prefix/LoRA start from zero-grad spots
+# that the Adam steps leave quickly). ReFT units sit where the pooled [CLS] output can see them:
+# a suffix unit after the last layer gets no gradient from a classification head by design.
 TRAINABLE = ["seq_bn", "double_seq_bn[task_layer_norm=True, init_weights='houlsby']", "par_bn",
              "scaled_par_bn", "lora[output_lora=True, intermediate_lora=True]", "ia3",
              "prefix_tuning[prefix_length=4, bottleneck_size=8]", "prefix_tuning_flat[prefix_length=4]",
@@ -108,7 +113,11 @@ TRAINABLE = ["seq_bn", "double_seq_bn[task_layer_norm=True, init_weights='houlsb
              "prompt_tuning[prompt_length=3]",
              "prompt_tuning[prompt_length=2, combine='prefix_after_bos']|lora",
              "compacter[reduction_factor=4, phm_init_range=0.1]",
-             "compacter++[reduction_factor=4, shared_W_phm=True, phm_init_range=0.1]"]
+             "compacter++[reduction_factor=4, shared_W_phm=True, phm_init_range=0.1]",
+             "unipelt", "seq_bn[use_gating=True]|lora[use_gating=True, intermediate_lora=True]",
+             "prefix_tuning[prefix_length=3, use_gating=True, shared_gating=False]",
+             "loreft[dropout=0.0, suffix_positions=1, layers=[0]]", "noreft[r=2, tied_weights=True]",
+             "direft[layers=[0], suffix_positions=2, non_linearity='tanh']"]
 
 
 def _train(model, inputs, labels, steps=20, learning_rate=1e-2):
@@ -245,7 +254,8 @@ def test_eject_prefix_tuning_keeps_outputs(config):
 @pytest.mark.parametrize("config", ["double_seq_bn[task_layer_norm=True, init_weights='houlsby']",
                                     "lora", "ia3", "prefix_tuning[prefix_length=5]", "mam", "bitfit",
                                     "full", "scaled_par_bn", "dora", "vera",
-                                    "prompt_tuning[prompt_length=3]"])
+                                    "prompt_tuning[prompt_length=3]", "compacter[reduction_factor=4]",
+                                    "unipelt", "loreft[dropout=0.0]", "direft[dropout=0.0]"])
 def test_save_then_load_into_a_fresh_model(tmp_path, config):
     model = _model(seed=1)
     inputs = random_inputs()
@@ -615,3 +625,28 @@ def test_compacter_shares_its_rules_once_per_adapter():
                           ("compacter[hypercomplex_nonlinearity='phm']", "hypercomplex_nonlinearity")):
         with pytest.raises(ValueError, match=match):
             model.add_adapter("bad", config=config)
+
+
+def test_gates_and_reft_details():
+    from adapter_bert import AdapterConfig, UniPELTConfig, DiReftConfig
+
+    model = _model()
+    model.add_adapter("u", config="unipelt")
+    assert type(model.adapters["u"].config) is UniPELTConfig
+    assert model.adapter_summary(as_dict=True)[0]["architecture"] == "unipelt"
+    with pytest.raises(ValueError, match="a gated LoRA update depends on the input"):
+        model.merge_adapter("u")
+    assert not any(v.numpy().any() for v in model.bert.weights if False)  # nothing merged
+    # DiReFT keeps its identity through a save (its subtract_projection is a field here).
+    again = AdapterConfig.load(AdapterConfig.load("direft").config_dict())
+    assert type(again) is DiReftConfig and again.subtract_projection is False
+    # LoReFT's projection has orthonormal rows whatever the free matrix holds.
+    model.add_adapter("r", config="loreft[r=2]")
+    unit = model.adapters["r"].methods[0].interventions[0].units[0]
+    unit.projection.assign(np.random.default_rng(0).standard_normal((2, 32)).astype("float32"))
+    rotation = unit.rotation().numpy()
+    np.testing.assert_allclose(rotation @ rotation.T, np.eye(2), atol=1e-5)
+    with pytest.raises(ValueError, match="ReFT layers \\[5\\] are beyond the model's 2 layers"):
+        model.add_adapter("bad", config="loreft[layers=[5]]")
+    with pytest.raises(ValueError, match="needs prefix_positions or suffix_positions"):
+        model.add_adapter("bad", config="noreft[prefix_positions=0]")

@@ -25,7 +25,9 @@ def _state(data) -> dict:
             a, b = data[key], data[f"factors/{name}/b"]
             value = a.astype(np.float64) @ b.astype(np.float64)
             eye = float(data[f"factors/{name}/eye"])
-            state[name] = (value + eye * np.eye(value.shape[0])).astype(np.float32)
+            if eye:
+                value = value + eye * np.eye(value.shape[0])
+            state[name] = value.astype(np.float32)
     return state
 
 
@@ -54,12 +56,16 @@ def _real_tokens(model, inputs, dims):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["dora", "vera", "prompt", "prompt_bos", "compacter",
-                                  "compacterpp", "compacter_shared_w", "compacter_rules"])
+                                  "compacterpp", "compacter_shared_w", "compacter_rules",
+                                  "unipelt", "loreft", "noreft", "direft"])
 def test_methods_match_the_adapters_library(reference, name):
     model, data, inputs, names = reference
     assert name in names
+    if name == "unipelt":  # its gates average padding too in the library: unpadded rows
+        inputs = {k: data[f"unpadded_{k}"] for k in ("input_ids", "attention_mask", "token_type_ids")}
     model.set_active_adapters(name)
     expected = data[f"out/{name}"]
     np.testing.assert_allclose(_real_tokens(model, inputs, expected.shape[1]), expected,
                                atol=TOLERANCE)
-    assert np.abs(expected - data["out/base"]).max() > 1e-2  # the adapter acts
+    if name != "unipelt":
+        assert np.abs(expected - data["out/base"]).max() > 1e-2  # the adapter acts

@@ -70,6 +70,7 @@ class TokenIndex:
         #: (what composition blocks that cut the batch or the sequence need).
         self.lengths = tf.reduce_sum(tf.reshape(is_token, self._shape), axis=1)
         self.positions = self._rows % self._shape[1]
+        self.examples = self._rows // self._shape[1]  # [n_tokens] each token's example
 
     def _take_rows(self, flat):
         import tensorflow as tf
@@ -298,7 +299,9 @@ class BertSelfAttention(_HookOwner, keras.layers.Layer):
         query = self._split_heads(query, batch)
         key = self._split_heads(key, batch)
         value = self._split_heads(value, batch)
-        key, value, mask_bias = self.kv_point.run(key, value, mask_bias, training=training)
+        if self.kv_point.is_active():
+            key, value, mask_bias = self.kv_point.run(key, value, mask_bias, hidden,
+                                                      training=training)[:3]
         scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
         scores = scores * ops.cast(1.0 / (self.head_size ** 0.5), scores.dtype)
         scores = scores + ops.cast(mask_bias, scores.dtype)
@@ -366,6 +369,7 @@ class BertLayer(_HookOwner, keras.layers.Layer):
             epsilon=layer_norm_eps, dtype=self.dtype_policy, name="output_ln")
         self.attention_residual = HookPoint("attention_residual", "residual")
         self.output_residual = HookPoint("output_residual", "residual")
+        self.output_states = HookPoint("output_states", "hidden")
         self._name_points(f"{self.name}.", layer_index)
 
     def hook_points(self) -> dict[str, HookPoint]:
@@ -375,7 +379,8 @@ class BertLayer(_HookOwner, keras.layers.Layer):
                        "attention_ln": self.attention_ln.hook_point,
                        "output_ln": self.output_ln.hook_point,
                        "attention_residual": self.attention_residual,
-                       "output_residual": self.output_residual})
+                       "output_residual": self.output_residual,
+                       "output_states": self.output_states})
         return points
 
     def build(self, input_shape):
@@ -413,8 +418,11 @@ class BertLayer(_HookOwner, keras.layers.Layer):
         intermediate = gelu(self.intermediate(hidden, training=training))
         ffn_output = self.output_dropout(self.output_dense(intermediate, training=training),
                                          training=training)
-        return self._add_and_norm(self.output_residual, ffn_output, hidden, self.output_ln,
-                                  training)
+        hidden = self._add_and_norm(self.output_residual, ffn_output, hidden, self.output_ln,
+                                    training)
+        if self.output_states.is_active():  # e.g. ReFT's interventions on the layer's output
+            hidden = self.output_states.run(hidden, training=training)[0]
+        return hidden
 
     def get_config(self):
         config = super().get_config()
@@ -656,6 +664,7 @@ class BertEncoder(keras.layers.Layer):
                 hidden, mask, positions = self.embeddings.output_point.run(
                     hidden, mask, ops.arange(ops.shape(input_ids)[1]), training=training)
             mask_bias = padding_mask_bias(mask, hidden.dtype)
+            context.mask = mask
             tokens = context.tokens = TokenIndex(mask) if use_tokens else None
             if tokens is not None:
                 hidden = tokens.gather(hidden)
@@ -666,6 +675,7 @@ class BertEncoder(keras.layers.Layer):
                     hidden = ops.concatenate([hidden] * replicas, axis=0)
                     mask = ops.concatenate([mask] * replicas, axis=0)
                     mask_bias = ops.concatenate([mask_bias] * replicas, axis=0)
+                    context.mask = mask
                     tokens = context.tokens = TokenIndex(mask) if use_tokens else None
                     context.replicas = replicas
                 hidden = layer(hidden, mask_bias, training=training, tokens=tokens)

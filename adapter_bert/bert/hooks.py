@@ -17,8 +17,9 @@ kind           hook call                                                 used by
 `dense`        `hook(x, y, training=)` -> `y` (a Dense layer's output)  LoRA, (IA)^3, BitFit
 `norm`         `hook(x, y, training=)` -> `y` (a LayerNorm's output)     BitFit
 `residual`     replaces "LayerNorm(sublayer_output + sublayer_input)"   bottleneck adapters
-`attention`    `(key, value, mask_bias)` -> the same, extended          prefix tuning
+`attention`    `(key, value, mask_bias, hidden)` -> the first three, ext.  prefix tuning
 `embeddings`   `(hidden, mask, positions)` -> the same, extended        prompt tuning
+`hidden`       `(hidden,)` -> the same: a whole layer's output           ReFT
 =============  =======================================================  ==========================
 
 At the `embeddings` point (the embedding output), `positions` holds, for each position of the
@@ -62,7 +63,7 @@ from typing import Any, NamedTuple
 
 from keras import ops
 
-KINDS = ("dense", "norm", "residual", "attention", "embeddings")
+KINDS = ("dense", "norm", "residual", "attention", "embeddings", "hidden")
 
 
 class HookPoint:
@@ -176,8 +177,10 @@ class ForwardContext:
             batch by task, so each task's rows are consecutive).
     """
 
-    def __init__(self, tokens=None, replicas: int = 1, task_sizes=None):
+    def __init__(self, tokens=None, replicas: int = 1, task_sizes=None, mask=None):
         self.tokens, self.replicas = tokens, replicas
+        #: The `[batch, seq]` attention mask the layers run with (after any replication).
+        self.mask = mask
         #: Under a `MultiTask` setup: `[n_tasks]` rows of each task, the batch being sorted by task.
         self.task_sizes = task_sizes
 
@@ -294,21 +297,27 @@ class Rows:
     Per-token tensors hold `[examples, seq, width]` (batch layout) or the real tokens of those
     examples one after another, `[n_tokens, width]` (token layout: `lengths` and `positions`
     given). Blocks that cut the batch (`BatchSplit`) or the sequence (`Split`) ask their rows where
-    to cut.
+    to cut; gates (UniPELT) ask for means over each example's real tokens.
 
     Args:
         start: the first example, counted within one copy of the batch.
         lengths: `[batch]` real tokens per example (token layout), else None.
         positions: each row's sequence position, aligned with axis 0 (token layout), else None.
+        first: the first example, counted over axis 0 of the whole (perhaps replicated) batch.
+        examples: each token row's example, counted that way (token layout), else None.
+        mask: `[examples, seq]` attention mask of the piece (batch layout), else None.
     """
 
-    def __init__(self, start: int = 0, lengths=None, positions=None):
+    def __init__(self, start=0, lengths=None, positions=None, first=0, examples=None, mask=None):
         self.start, self.lengths, self.positions = start, lengths, positions
+        self.first, self.examples, self.mask = first, examples, mask
 
     @classmethod
     def of(cls, context: "ForwardContext") -> "Rows":
         tokens = context.tokens
-        return cls() if tokens is None else cls(0, tokens.lengths, tokens.positions)
+        if tokens is None:
+            return cls(mask=context.mask)
+        return cls(0, tokens.lengths, tokens.positions, 0, tokens.examples)
 
     @property
     def token_layout(self) -> bool:
@@ -321,9 +330,13 @@ class Rows:
 
     def replica(self, index: int, replicas: int, size) -> "Rows":
         """Copy `index` of `replicas` copies of the batch, `size` rows long (axis 0)."""
-        if self.positions is None:
-            return Rows(self.start)
-        return Rows(self.start, self.lengths, self.positions[index * size:(index + 1) * size])
+        if not self.token_layout:
+            mask = None if self.mask is None else self.mask[index * size:(index + 1) * size]
+            return Rows(self.start, first=index * size, mask=mask)
+        per_copy = ops.shape(self.lengths)[0] // replicas
+        cut = slice(index * size, (index + 1) * size)
+        return Rows(self.start, self.lengths, None if self.positions is None else self.positions[cut],
+                    index * per_copy, None if self.examples is None else self.examples[cut])
 
     def split(self, sizes, per_token: bool = True) -> list:
         """`(begin, end, Rows)` for consecutive groups of `sizes` examples from `start`.
@@ -331,19 +344,21 @@ class Rows:
         `begin` / `end` index axis 0 of this piece: tokens in token layout when `per_token`,
         else examples.
         """
-        pieces, example = [], self.start
+        pieces, example, first = [], self.start, self.first
         tokens = per_token and self.token_layout
         base = self._tokens_before(self.start) if tokens else self.start
         for size in sizes:
             if tokens:
                 begin = self._tokens_before(example) - base
                 end = self._tokens_before(example + size) - base
-                rows = Rows(example, self.lengths, self.positions[begin:end])
+                rows = Rows(example, self.lengths, self.positions[begin:end], first,
+                            None if self.examples is None else self.examples[begin:end])
             else:
                 begin, end = example - base, example + size - base
-                rows = Rows(example, self.lengths, None)
+                mask = None if self.mask is None else self.mask[begin:end]
+                rows = Rows(example, self.lengths, None, first, mask=mask)
             pieces.append((begin, end, rows))
-            example += size
+            example, first = example + size, first + size
         return pieces
 
     def position_of(self, like):
@@ -355,6 +370,31 @@ class Rows:
         while len(position.shape) < len(like.shape):
             position = position[..., None]
         return position
+
+    def example_mean(self, values):
+        """Each row's example's mean of `values` over its real tokens, shaped like `values`'
+        rows (`[n_tokens, k]` in token layout, `[examples, 1, k]` in batch layout)."""
+        if self.token_layout:
+            ids = self.examples - self.first
+            sums = ops.segment_sum(values, ids, sorted=True)
+            counts = ops.segment_sum(ops.ones_like(values[:, :1]), ids, sorted=True)
+            return ops.take(sums / ops.maximum(counts, 1.0), ids, axis=0)
+        mask = ops.cast(self.mask, values.dtype)[..., None]
+        return (ops.sum(values * mask, axis=1, keepdims=True)
+                / ops.maximum(ops.sum(mask, axis=1, keepdims=True), 1.0))
+
+
+def example_means(values, context: "ForwardContext"):
+    """Per example of the whole batch, the mean of per-token `values` over its real tokens:
+    `[examples, k]` (for per-example points such as attention's keys and values)."""
+    if context.tokens is not None:
+        ids = context.tokens.examples
+        sums = ops.segment_sum(values, ids, num_segments=ops.shape(context.tokens.lengths)[0])
+        counts = ops.segment_sum(ops.ones_like(values[:, :1]), ids,
+                                 num_segments=ops.shape(context.tokens.lengths)[0])
+        return sums / ops.maximum(counts, 1.0)
+    mask = ops.cast(context.mask, values.dtype)[..., None]
+    return ops.sum(values * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
 
 
 # --- composers: the walk over a setup ------------------------------------------------------------
@@ -440,6 +480,7 @@ class Composer:
         return self._finish(state, rows)
 
     def _walk(self, setup, state, rows: Rows):
+        self.rows = rows  # what `single` and gates see of the current piece
         if isinstance(setup, str):
             hook = self.hooks.get(setup)
             return state if hook is None else self.single(setup, hook, self.pre(setup, hook, state))
@@ -519,6 +560,7 @@ class Composer:
         state = self.pre(first, self.hooks[first], state)
         states = []
         for child, _ in present:
+            self.rows = rows
             if isinstance(child, str):
                 states.append(self.single(child, self.hooks[child], state))
             else:

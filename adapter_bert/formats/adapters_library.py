@@ -32,7 +32,11 @@ _LOCATION = {"attention.output": "mh_adapter", "output": "output_adapter"}
 
 _BOTTLENECK = re.compile(r"(?:^|\.)layer\.(\d+)\.(attention\.output|output)\.adapters\.([^.]+)\.(.+)$")
 _LORA = re.compile(r"(?:^|\.)layer\.(\d+)\.(" + "|".join(re.escape(k) for k in _DENSE)
-                   + r")\.loras\.([^.]+)\.(lora_A|lora_B|m\.weight|vera_D|vera_B)$")
+                   + r")\.loras\.([^.]+)\.(lora_A|lora_B|m\.weight|vera_D|vera_B|gate\.weight|gate\.bias)$")
+_PREFIX_GATE = re.compile(r"(?:^|\.)layer\.(\d+)\.attention\.self\.prefix_tuning\.prefix_gates\.([^.]+)\."
+                          r"(weight|bias)$")
+_REFT = re.compile(r"(?:^|\.)layer\.(\d+)\.reft_layer\.refts\.([^.]+)\.units\.(\d+)\."
+                   r"(learned_source\.weight|learned_source\.bias|projection\.weight)$")
 _PROMPT = re.compile(r"(?:^|\.)prompt_tunings\.([^.]+)\.prompt_embedding\.weight$")
 _SHARED = re.compile(r"(?:^|\.)shared_parameters\.([^.]+)\.(lora_A|lora_B|phm_rule\w*|W_\w+)$")
 _PREFIX = re.compile(r"(?:^|\.)prefix_tunings\.([^.]+)\.self_prefix\.(.+)$")
@@ -57,6 +61,7 @@ def _bottleneck_key(module, layer, location, rest, key):
             if rest.startswith(part):
                 return prefix + ours + rest[len(part):], False
     table = {"adapter_up.weight": ("up.kernel", True), "adapter_up.bias": ("up.bias", False),
+             "gate.weight": ("gate.kernel", True), "gate.bias": ("gate.bias", False),
              "adapter_norm_after.weight": ("adapter_norm_after.gamma", False),
              "adapter_norm_after.bias": ("adapter_norm_after.beta", False),
              "scaling": ("scaling", False)}
@@ -99,12 +104,32 @@ def from_library_state(module, state: dict, adapter: str | None = None) -> dict:
             method = _method(module, "lora", key)
             point = f"{method.name}.layer_{match.group(1)}_{_DENSE[match.group(2)]}"
             kind = match.group(4)
-            if method.config.composition_mode == "scale":
+            if kind.startswith("gate."):  # UniPELT's gate: Linear(in, 1)
+                out[f"{point}.gate.{'kernel' if kind == 'gate.weight' else 'bias'}"] = \
+                    value.T if kind == "gate.weight" else value
+            elif method.config.composition_mode == "scale":
                 out[f"{point}.scale"] = value.reshape(-1)  # (IA)^3: lora_B [out, 1]
             elif kind == "m.weight":
                 out[f"{point}.m"] = value.reshape(-1)  # DoRA's magnitude: [out, 1]
             else:
                 out[f"{point}.{kind}"] = value.T
+            continue
+        match = _PREFIX_GATE.search(key)
+        if match and match.group(2) == adapter:
+            method = _method(module, "prefix_tuning", key)
+            kind = "kernel" if match.group(3) == "weight" else "bias"
+            out[f"{method.name}.gate_{match.group(1)}.{kind}"] = value.T if kind == "kernel" else value
+            continue
+        match = _REFT.search(key)
+        if match and match.group(2) == adapter:
+            method = _method(module, "reft", key)
+            unit = f"{method.name}.layer_{match.group(1)}.units_{match.group(3)}."
+            kind = match.group(4)
+            if kind == "projection.weight":
+                out[unit + "projection"] = value
+            else:
+                out[unit + ("learned_source.kernel" if kind.endswith("weight")
+                            else "learned_source.bias")] = value.T if kind.endswith("weight") else value
             continue
         match = _PROMPT.search(key)
         if match and match.group(1) == adapter:

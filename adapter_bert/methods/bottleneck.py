@@ -68,7 +68,8 @@ class BnConfig(AdapterConfig):
         leave_out: layer indices without adapters.
         dropout: dropout on the adapter output.
         task_layer_norm: own, trained copies of the layer's LayerNorms (Houlsby et al.).
-        use_gating: UniPELT gating (parsed for compatibility; not implemented).
+        use_gating: UniPELT's gate: the output scaled by the mean over the example's real tokens
+            of `sigmoid(Dense(1)(input))`.
         phm_layer: Compacter's parameterized hypercomplex projections instead of Dense ones
             (`use_phm` is accepted as its other name); the `phm_*` options and
             `factorized_phm_W`, `shared_W_phm`, `shared_phm_rule`, `factorized_phm_rule`,
@@ -279,7 +280,8 @@ class BottleneckComposer(Composer):
         return state._replace(hidden=hidden, residual=residual)
 
     def single(self, name, adapter, state):
-        hidden, up = adapter.adapter_forward(state.hidden, state.residual, training=self.training)
+        hidden, up = adapter.adapter_forward(state.hidden, state.residual, training=self.training,
+                                             example_mean=self.rows.example_mean)
         return state._replace(hidden=hidden, up=up, last=name)
 
     def average(self, states, weights, state):
@@ -384,6 +386,10 @@ class BottleneckAdapter(keras.layers.Layer):
             epsilon=layer_norm_eps, dtype=self.dtype_policy, name="task_layer_norm")
             if config.task_layer_norm else None)
         self.dropout = keras.layers.Dropout(config.dropout, dtype=self.dtype_policy, name="dropout")
+        # UniPELT's gate, initialised as the library does for init_weights "bert".
+        self.gate = (keras.layers.Dense(1, kernel_initializer=keras.initializers.RandomNormal(stddev=0.02),
+                                        dtype=self.dtype_policy, name="gate")
+                     if config.use_gating else None)
         self.build((None, None, hidden_size))
 
     def build(self, input_shape):
@@ -392,6 +398,8 @@ class BottleneckAdapter(keras.layers.Layer):
                 norm.build(input_shape)
         self.down.build(input_shape)
         self.up.build(tuple(input_shape[:-1]) + (self.bottleneck_size,))
+        if self.gate is not None:
+            self.gate.build(input_shape)
         scaling = self.adapter_config.scaling
         if scaling == "learned":
             self.scale = self.add_weight(shape=(1,), initializer="ones", name="scaling")
@@ -433,14 +441,23 @@ class BottleneckAdapter(keras.layers.Layer):
             return hidden, residual
         return hidden, residual, before if query_before_ln else hidden
 
-    def adapter_forward(self, x, residual, training=None):
-        """`(output, up)`: the bottleneck on `x` with the adapter's residual (none when parallel)."""
+    def adapter_forward(self, x, residual, training=None, example_mean=None):
+        """`(output, up)`: the bottleneck on `x` with the adapter's residual (none when parallel).
+
+        With `use_gating`, `example_mean` averages the gate over each example's real tokens
+        (default: over axis 1 of `[batch, seq, width]` inputs).
+        """
         cfg = self.adapter_config
+        gate_input = x
         if self.adapter_norm_before is not None:
             x = self.adapter_norm_before(x)
         up = self.up(self.activation(self.down(x)))
         up = up * (ops.cast(self.scale, up.dtype) if self.scale is not None else cfg.scaling)
         out = self.dropout(up, training=training)
+        if self.gate is not None:
+            gate = ops.sigmoid(self.gate(gate_input))
+            gate = (example_mean or (lambda v: ops.mean(v, axis=1, keepdims=True)))(gate)
+            out = out * ops.cast(gate, out.dtype)
         if cfg.is_parallel:
             if self.adapter_norm_after is not None:
                 out = self.adapter_norm_after(out)
@@ -493,8 +510,6 @@ class BottleneckMethod(AdapterMethod):
 
     def __init__(self, config: BnConfig, bert_config, **kwargs):
         super().__init__(config, bert_config, **kwargs)
-        if config.use_gating:
-            raise NotImplementedError("use_gating (UniPELT gates) is not implemented yet")
         self.locations = []  # (layer index, hook point, base LayerNorm)
         self.adapters = []
         # Compacter's rules (and W) shared by all of this adapter's PHM layers: once per model.

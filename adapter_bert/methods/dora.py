@@ -112,7 +112,8 @@ class DoRAMethod(DenseHookMethod):
     def make_hook(self, input_dim: int, output_dim: int, name: str) -> keras.layers.Layer:
         cfg = self.config
         return DoRADense(input_dim, output_dim, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
-                         init_weights=cfg.init_weights, dtype=self.dtype_policy, name=name)
+                         init_weights=cfg.init_weights, use_gating=cfg.use_gating,
+                         dtype=self.dtype_policy, name=name)
 
     def init_from_base(self, encoder, checkpoint_dir=None) -> None:
         for hook, dense in self._targets(encoder):

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from adapter_bert.methods.lora import DenseHookMethod, LoRAComposer, LoRAConfig
+from adapter_bert.methods.lora import DenseHookMethod, LoRAComposer, LoRAConfig, make_gate
 from adapter_bert.methods.registry import register_method
 
 
@@ -62,15 +62,17 @@ class IA3Scale(keras.layers.Layer):
     """
 
     composer = LoRAComposer
+    chains_updates = False  # a stacked update is scaled elementwise
 
     def __init__(self, output_dim: int, alpha: float = 1.0, init_weights: str = "ia3",
-                 input_dim: int | None = None, **kwargs):
+                 input_dim: int | None = None, use_gating: bool = False, **kwargs):
         if init_weights not in _INITIALIZERS:
             raise ValueError(f"init_weights must be 'lora', 'bert' or 'ia3', got {init_weights!r}")
         super().__init__(**kwargs)
         self.output_dim, self.alpha, self.init_weights = output_dim, alpha, init_weights
-        # A stacked (IA)^3 scales the running update elementwise, which any width allows.
         self.input_dim = output_dim if input_dim is None else input_dim
+        self.use_gating = use_gating
+        self.gate = make_gate(self.input_dim, 1, dtype=self.dtype_policy) if use_gating else None
         self._backup = None
         self.build(None)
 
@@ -79,9 +81,11 @@ class IA3Scale(keras.layers.Layer):
                                      initializer=_INITIALIZERS[self.init_weights](), name="scale")
         self.built = True
 
-    def update(self, source, first: bool = True, training=None):
-        """`alpha * l`, or the running update of a `Stack` times it (the vectors multiply)."""
-        vector = ops.cast(self.scale, source.dtype) * ops.cast(self.alpha, source.dtype)
+    def update(self, source, first: bool = True, training=None, gate=None):
+        """`alpha * l`, or the running update of a `Stack` times it (the vectors multiply); a
+        UniPELT `gate` replaces `alpha`."""
+        factor = ops.cast(self.alpha, source.dtype) if gate is None else ops.cast(gate, source.dtype)
+        vector = ops.cast(self.scale, source.dtype) * factor
         return vector if first else source * vector
 
     @staticmethod
@@ -92,6 +96,9 @@ class IA3Scale(keras.layers.Layer):
         return self.combine(y, self.update(y, training=training))
 
     def merge_into(self, dense) -> None:
+        if self.gate is not None:
+            raise ValueError(f"{self.name}: a gated (IA)^3 scale depends on the input; it cannot "
+                             "be merged (as in the adapters library)")
         factor = np.asarray(self.scale.numpy(), np.float64) * self.alpha
         self._backup = (dense.kernel.numpy().copy(), dense.bias.numpy().copy())
         kernel, bias = self._backup
@@ -125,6 +132,7 @@ class IA3Method(DenseHookMethod):
 
     def make_hook(self, input_dim: int, output_dim: int, name: str) -> keras.layers.Layer:
         return IA3Scale(output_dim, alpha=self.config.alpha, init_weights=self.config.init_weights,
+                        input_dim=input_dim, use_gating=self.config.use_gating,
                         dtype=self.dtype_policy, name=name)
 
 

@@ -64,7 +64,8 @@ class LoRAConfig(AdapterConfig):
         init_weights: "lora" (A uniform like PyTorch's Linear, B zero), "bert" (both normal with
             std 0.02) or "ia3" (ones: (IA)^3's vectors; for LoRA, A and B all ones, as in the
             adapters library).
-        use_gating: UniPELT gating (parsed for compatibility; not implemented).
+        use_gating: UniPELT's gate: the update scaled by the mean over the example's real tokens of
+            `sigmoid(Dense(1)(x))` instead of `alpha / r`, as in the adapters library.
         use_dora: DoRA's magnitude and direction (`adapter_bert.methods.dora`).
         vera_d / vera_b: VeRA's initial scales (`adapter_bert.methods.vera`); None: not VeRA.
     """
@@ -127,6 +128,17 @@ class LoRAConfig(AdapterConfig):
         return points
 
 
+def make_gate(input_dim: int, units: int = 1, **kwargs) -> keras.layers.Dense:
+    """UniPELT's gate layer as the adapters library starts it: kernel N(0, 0.02), bias as
+    PyTorch's Linear default, U(+-1/sqrt(input_dim))."""
+    bound = 1.0 / input_dim ** 0.5
+    gate = keras.layers.Dense(units, kernel_initializer=keras.initializers.RandomNormal(stddev=0.02),
+                              bias_initializer=keras.initializers.RandomUniform(-bound, bound),
+                              name=kwargs.pop("name", "gate"), **kwargs)
+    gate.build((None, input_dim))
+    return gate
+
+
 class LoRAState(NamedTuple):
     """A Dense layer's input `x`, output `y`, and the update of the adapters run so far."""
 
@@ -155,12 +167,15 @@ class LoRAComposer(Composer):
 
     def single(self, name, hook, state):
         source = state.x if state.update is None else state.update
-        if state.update is not None and hook.input_dim != hook.output_dim:
+        if state.update is not None and hook.chains_updates and hook.input_dim != hook.output_dim:
             raise ValueError(f"Stack chains LoRA updates (as the adapters library does), which "
                              f"needs a square layer; {self.point.path} maps {hook.input_dim} to "
                              f"{hook.output_dim}")
+        gate = None
+        if getattr(hook, "gate", None) is not None:  # UniPELT: from the layer's own input
+            gate = self.rows.example_mean(ops.sigmoid(hook.gate(state.x)))
         return state._replace(update=hook.update(source, first=state.update is None,
-                                                 training=self.training), last=name)
+                                                 training=self.training, gate=gate), last=name)
 
     def finish(self, state):
         if state.last is None:
@@ -197,17 +212,21 @@ class LoRADense(keras.layers.Layer):
     """
 
     composer = LoRAComposer
+    #: A stacked update passes through this one's matrices (which need a square layer).
+    chains_updates = True
 
     def __init__(self, input_dim: int, output_dim: int, r: int = 8, alpha: float = 8,
-                 dropout: float = 0.0, init_weights: str = "lora", **kwargs):
+                 dropout: float = 0.0, init_weights: str = "lora", use_gating: bool = False,
+                 **kwargs):
         if init_weights not in ("lora", "bert", "ia3"):
             raise ValueError(f"init_weights must be 'lora', 'bert' or 'ia3', got {init_weights!r}")
         super().__init__(**kwargs)
         self.input_dim, self.output_dim = input_dim, output_dim
         self.r, self.alpha, self.dropout_rate = r, alpha, dropout
-        self.init_weights = init_weights
+        self.init_weights, self.use_gating = init_weights, use_gating
         self.scaling = alpha / r
         self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy, name="dropout")
+        self.gate = make_gate(input_dim, 1, dtype=self.dtype_policy) if use_gating else None
         self._backup = None
         self.build(None)
 
@@ -224,12 +243,13 @@ class LoRADense(keras.layers.Layer):
         self.lora_B = self.add_weight(shape=(self.r, self.output_dim), initializer=b_init, name="lora_B")
         self.built = True
 
-    def update(self, source, first: bool = True, training=None):
-        """`scaling * B A dropout(source)`: the update of the layer input (or of a stacked update)."""
+    def update(self, source, first: bool = True, training=None, gate=None):
+        """`scaling * B A dropout(source)`: the update of the layer input (or of a stacked update);
+        a UniPELT `gate` replaces the scaling."""
         source = self.dropout(source, training=training)
         update = ops.matmul(ops.matmul(source, ops.cast(self.lora_A, source.dtype)),
                             ops.cast(self.lora_B, source.dtype))
-        return update * ops.cast(self.scaling, update.dtype)
+        return update * ops.cast(self.scaling if gate is None else gate, update.dtype)
 
     @staticmethod
     def combine(y, update):
@@ -242,18 +262,22 @@ class LoRADense(keras.layers.Layer):
         return self.scaling * (np.asarray(self.lora_A.numpy(), np.float64)
                                @ np.asarray(self.lora_B.numpy(), np.float64))
 
-    def merge_into(self, dense) -> None:
-        self._backup = dense.kernel.numpy().copy()
-        dense.kernel.assign((self._backup.astype(np.float64) + self.delta()).astype(self._backup.dtype))
-
     def reset(self, dense) -> None:
         dense.kernel.assign(self._backup)
         self._backup = None
 
+    def merge_into(self, dense) -> None:
+        if self.gate is not None:
+            raise ValueError(f"{self.name}: a gated LoRA update depends on the input; it cannot "
+                             "be merged (as in the adapters library)")
+        self._backup = dense.kernel.numpy().copy()
+        dense.kernel.assign((self._backup.astype(np.float64) + self.delta()).astype(self._backup.dtype))
+
     def get_config(self):
         config = super().get_config()
         config.update(input_dim=self.input_dim, output_dim=self.output_dim, r=self.r,
-                      alpha=self.alpha, dropout=self.dropout_rate, init_weights=self.init_weights)
+                      alpha=self.alpha, dropout=self.dropout_rate, init_weights=self.init_weights,
+                      use_gating=self.use_gating)
         return config
 
 
@@ -264,8 +288,6 @@ class DenseHookMethod(AdapterMethod):
 
     def __init__(self, config: LoRAConfig, bert_config, **kwargs):
         super().__init__(config, bert_config, **kwargs)
-        if config.use_gating:
-            raise NotImplementedError("use_gating (UniPELT gates) is not implemented yet")
         sizes = {"attention.query": (bert_config.hidden_size,) * 2,
                  "attention.key": (bert_config.hidden_size,) * 2,
                  "attention.value": (bert_config.hidden_size,) * 2,
@@ -282,7 +304,8 @@ class DenseHookMethod(AdapterMethod):
     def make_hook(self, input_dim: int, output_dim: int, name: str) -> keras.layers.Layer:
         cfg = self.config
         return LoRADense(input_dim, output_dim, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
-                         init_weights=cfg.init_weights, dtype=self.dtype_policy, name=name)
+                         init_weights=cfg.init_weights, use_gating=cfg.use_gating,
+                         dtype=self.dtype_policy, name=name)
 
     def placements(self):
         return [(f"layer_{i}.{point}", hook) for hook, (i, point) in zip(self.updates, self.locations)]

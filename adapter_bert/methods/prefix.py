@@ -32,9 +32,10 @@ import numpy as np
 from keras import ops
 
 from adapter_bert.bert.encoder import MASK_NEGATIVE
-from adapter_bert.bert.hooks import Composer
+from adapter_bert.bert.hooks import Composer, example_means
 from adapter_bert.configuration import AdapterConfig
 from adapter_bert.methods.base import ACTIVATIONS, AdapterMethod, check_activation, check_leave_out
+from adapter_bert.methods.lora import make_gate
 from adapter_bert.methods.registry import register_method
 
 
@@ -51,7 +52,9 @@ class PrefixTuningConfig(AdapterConfig):
         bottleneck_size: width of the reparameterising MLP.
         non_linearity: activation of the MLP.
         dropout: dropout on the prefixes during training, with its own mask for each example.
-        use_gating / shared_gating: UniPELT gating (parsed for compatibility; not implemented).
+        use_gating: UniPELT's gate on the prefixes: per example, the mean over its real tokens of
+            `sigmoid(Dense(x))` of the attention input scales the prefix keys and values.
+        shared_gating: one gate for keys and values (else one each).
     """
 
     encoder_prefix: bool = True
@@ -188,6 +191,7 @@ class PrefixState(NamedTuple):
     key: Any
     value: Any
     mask_bias: Any
+    hidden: Any = None  # the attention input, per token: what UniPELT's prefix gate reads
     last: Any = None
     prefix: int = 0
 
@@ -210,10 +214,14 @@ class PrefixComposer(Composer):
         return PrefixState(*point_state)
 
     def single(self, name, hook, state):
+        gate = None
+        if hook.gate is not None:  # UniPELT: per example, over its real tokens
+            examples = example_means(ops.sigmoid(hook.gate(state.hidden)), self.context)
+            gate = examples[self.rows.first:self.rows.first + ops.shape(state.key)[0]]
         key, value, mask_bias = hook(state.key, state.value, state.mask_bias,
-                                     training=self.training)
-        return PrefixState(key, value, mask_bias, last=name,
-                           prefix=state.prefix + hook.pool.prefix_length)
+                                     training=self.training, gate=gate)
+        return state._replace(key=key, value=value, mask_bias=mask_bias, last=name,
+                              prefix=state.prefix + hook.pool.prefix_length)
 
     def finish(self, state):
         return state.key, state.value, state.mask_bias, state.prefix
@@ -256,12 +264,15 @@ class PrefixAttention:
 
     composer = PrefixComposer
 
-    def __init__(self, pool: PrefixTuningPool, slot: int):
-        self.pool, self.slot = pool, slot
+    def __init__(self, pool: PrefixTuningPool, slot: int, gate=None):
+        self.pool, self.slot, self.gate = pool, slot, gate
 
-    def __call__(self, key, value, mask_bias, training=None):
+    def __call__(self, key, value, mask_bias, training=None, gate=None):
         prefix_key, prefix_value = self.pool.layer_prefix(self.slot, ops.shape(key)[0],
                                                           training=training)
+        if gate is not None:  # [batch, 1 or 2]: the keys' gate first, the values' last
+            prefix_key = prefix_key * ops.cast(gate[:, :1, None, None], prefix_key.dtype)
+            prefix_value = prefix_value * ops.cast(gate[:, -1:, None, None], prefix_value.dtype)
         key = ops.concatenate([ops.cast(prefix_key, key.dtype), key], axis=2)
         value = ops.concatenate([ops.cast(prefix_value, value.dtype), value], axis=2)
         # Prefix positions are always attended: additive bias 0.
@@ -276,8 +287,6 @@ class PrefixTuningMethod(AdapterMethod):
 
     def __init__(self, config: PrefixTuningConfig, bert_config, **kwargs):
         super().__init__(config, bert_config, **kwargs)
-        if config.use_gating:
-            raise NotImplementedError("use_gating (UniPELT gates) is not implemented yet")
         if not config.encoder_prefix:
             raise ValueError("BERT has only encoder self-attention; encoder_prefix must be True")
         layers = self.layer_indices()
@@ -286,7 +295,12 @@ class PrefixTuningMethod(AdapterMethod):
             flat=config.flat, bottleneck_size=config.bottleneck_size,
             non_linearity=config.non_linearity, dropout=config.dropout, dtype=self.dtype_policy,
             name="pool")
-        self.prefixes = [(i, PrefixAttention(self.pool, slot)) for slot, i in enumerate(layers)]
+        # UniPELT's gates, one per prefixed layer (two outputs without shared_gating).
+        self.gates = [make_gate(bert_config.hidden_size, 1 if config.shared_gating else 2,
+                                dtype=self.dtype_policy, name=f"gate_{i}")
+                      for i in layers] if config.use_gating else [None] * len(layers)
+        self.prefixes = [(i, PrefixAttention(self.pool, slot, gate))
+                         for slot, (i, gate) in enumerate(zip(layers, self.gates))]
         self.built = True
 
     def placements(self):

@@ -57,6 +57,8 @@ class VeRADense(keras.layers.Layer):
     """
 
     composer = LoRAComposer
+    chains_updates = True
+    gate = None
 
     def __init__(self, input_dim: int, output_dim: int, r: int = 8, alpha: float = 8,
                  vera_d: float = 0.1, vera_b: float = 0.0, dropout: float = 0.0, **kwargs):
@@ -81,13 +83,13 @@ class VeRADense(keras.layers.Layer):
     def bind(self, shared: _Shared) -> None:
         self._shared = shared
 
-    def update(self, source, first: bool = True, training=None):
+    def update(self, source, first: bool = True, training=None, gate=None):
         source = self.dropout(source, training=training)
         dtype = source.dtype
         out = ops.matmul(source, ops.cast(self._shared.a, dtype))
         out = ops.matmul(ops.matmul(out, ops.cast(self.vera_D, dtype)), ops.cast(self._shared.b, dtype))
         out = ops.matmul(out, ops.cast(self.vera_B, dtype))
-        return out * ops.cast(self.scaling, dtype)
+        return out * ops.cast(self.scaling if gate is None else gate, dtype)
 
     @staticmethod
     def combine(y, update):
@@ -122,6 +124,8 @@ class VeRAMethod(DenseHookMethod):
     """VeRA for one adapter: the frozen shared pair and one `VeRADense` per adapted Dense."""
 
     def __init__(self, config: LoRAConfig, bert_config, **kwargs):
+        if config.use_gating:
+            raise ValueError("use_gating is not supported for VeRA adapters")
         super().__init__(config, bert_config, **kwargs)
         shapes = {(h.input_dim, h.output_dim) for h in self.updates}
         if len(shapes) > 1:
