@@ -25,6 +25,7 @@ import adapter_bert.methods  # noqa: E402,F401  (every method registers itself)
 from adapter_bert.methods.bitfit import BitFitConfig  # noqa: E402
 from adapter_bert.methods.bottleneck import (BnConfig, DoubleSeqBnConfig, ParBnConfig,  # noqa: E402
                                              SeqBnConfig)
+from adapter_bert.methods.invertible import DoubleSeqBnInvConfig, SeqBnInvConfig  # noqa: E402
 from adapter_bert.methods.full import FullFinetuningConfig  # noqa: E402
 from adapter_bert.methods.ia3 import IA3Config  # noqa: E402
 from adapter_bert.methods.lora import LoRAConfig  # noqa: E402
@@ -36,6 +37,7 @@ from adapter_bert.methods.prompt import PromptTuningConfig  # noqa: E402
 from adapter_bert.methods.reft import DiReftConfig, LoReftConfig, NoReftConfig, ReftConfig  # noqa: E402
 from adapter_bert.methods.unipelt import UniPELTConfig  # noqa: E402
 from adapter_bert.methods.vera import VeraConfig  # noqa: E402
+from adapter_bert.heads import ClassificationHead, MaskedLMHead  # noqa: E402
 from adapter_bert.model import AdapterBertModel  # noqa: E402
 
 __version__ = "0.1.0"
@@ -46,4 +48,5 @@ __all__ = ["AdapterBertModel", "BertConfig", "load_tokenizer", "AdapterConfig", 
            "Stack", "Parallel", "BatchSplit", "Average", "Split", "Fuse", "MultiTask",
            "AdapterFusionConfig", "CompacterConfig", "CompacterPlusPlusConfig", "DoRAConfig",
            "VeraConfig", "PromptTuningConfig", "UniPELTConfig", "ReftConfig", "LoReftConfig",
-           "NoReftConfig", "DiReftConfig"]
+           "NoReftConfig", "DiReftConfig", "SeqBnInvConfig", "DoubleSeqBnInvConfig",
+           "ClassificationHead", "MaskedLMHead"]

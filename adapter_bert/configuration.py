@@ -326,7 +326,6 @@ class ConfigTable:
         self.identifiers: dict[str, AdapterConfig] = {}
         self.classes: dict[str, type] = {"ConfigUnion": ConfigUnion}
         self._by_architecture: dict[str, list] = {}
-        self.reserved: dict[str, str] = {}
 
     def add(self, identifiers: dict[str, AdapterConfig], classes=(), default_class=None,
             selects=None) -> None:
@@ -342,22 +341,13 @@ class ConfigTable:
             if self.classes.get(cls.__name__, cls) is not cls:
                 raise ValueError(f"another config class named {cls.__name__} is registered already")
         self.identifiers.update(identifiers)
-        for identifier in identifiers:
-            self.reserved.pop(identifier, None)
         self.classes.update({cls.__name__: cls for cls in classes})
         if default_class is not None and not issubclass(default_class, ConfigUnion):
             self._by_architecture.setdefault(default_class.architecture, []).append(
                 (default_class, selects))
 
-    def reserve(self, identifier: str, why: str) -> None:
-        """Names an identifier of the adapters library's table that has no method here yet."""
-        if identifier not in self.identifiers:
-            self.reserved[identifier] = why
-
     def default(self, identifier: str) -> AdapterConfig:
         """The default config of an identifier; unknown names list the known ones."""
-        if identifier in self.reserved:
-            raise ValueError(f"adapter method {identifier!r} {self.reserved[identifier]}")
         if identifier not in self.identifiers:
             raise ValueError(f"unknown adapter config {identifier!r}; known: "
                              + ", ".join(sorted(self.identifiers)))

@@ -46,7 +46,8 @@ from adapter_bert.composition import (AdapterCompositionBlock, BatchSplit, Fuse,
                                       setup_to_dict)
 from adapter_bert.configuration import AdapterConfig, ConfigUnion
 from adapter_bert.fusion import FUSION_PRESETS, AdapterFusionConfig, FusionModule
-from adapter_bert.heads import ClassificationHead, RegressionHead
+from adapter_bert.bert.hooks import first_adapter
+from adapter_bert.heads import ClassificationHead, MaskedLMHead, RegressionHead
 from adapter_bert.io_utils import atomic_directory, read_json, recover_directory, write_json
 from adapter_bert.methods.base import AdapterMethod, named_variables
 from adapter_bert.methods.prefix import PrefixTuningMethod
@@ -62,7 +63,8 @@ FUSION_WEIGHTS_FILE = "model_adapter_fusion.safetensors"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Sizes an adapter's weights depend on; a saved adapter loads only into a base that matches them.
 _SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-_HEAD_CLASSES = {"ClassificationHead": ClassificationHead, "RegressionHead": RegressionHead}
+_HEAD_CLASSES = {"ClassificationHead": ClassificationHead, "RegressionHead": RegressionHead,
+                 "MaskedLMHead": MaskedLMHead}
 
 
 def _check_name(name: str, what: str) -> None:
@@ -480,6 +482,7 @@ class AdapterBertModel(keras.Model):
         head_class, config, values = average_heads([self.heads[n] for n in head_list or []],
                                                    weights, normalize_weights)
         head = head_class(dtype=self.bert.dtype_policy, name=f"head_{name}", **config)
+        self._tie(head)
         _assign_named(named_variables(head), values, f"the average of {', '.join(head_list)}")
         head.trainable = name in self._training_adapters
         self.heads.pop(name, None)
@@ -676,7 +679,33 @@ class AdapterBertModel(keras.Model):
         self._add_head(name, RegressionHead, overwrite_ok, set_active, pooling=pooling,
                        layers=layers, dropout=dropout)
 
-    def _add_head(self, name, head_class, overwrite_ok, set_active, dropout=None, **kwargs):
+    def add_masked_lm_head(self, name: str, overwrite_ok: bool = False,
+                           set_active: bool = True) -> None:
+        """Adds BERT's masked-LM head, its decoder tied to the (frozen) word embeddings.
+
+        The transform and output bias start from the checkpoint's pretrained head when the model
+        came from one that has it (`BertForMaskedLM`, Google's `cls/predictions`), else from
+        BERT's initialisation, to be trained with the adapter. With the head active, `model(inputs)`
+        returns `[batch, seq, vocab]` logits, or `[batch, predictions, vocab]` for the positions
+        in `inputs["mask_positions"]`.
+
+        Example:
+        >>> from adapter_bert.testing import random_inputs, tiny_bert_config
+        >>> model = AdapterBertModel.from_config(tiny_bert_config())
+        >>> model.add_adapter("en", config="seq_bn_inv", set_active=True)
+        >>> model.add_masked_lm_head("en")
+        >>> tuple(model(random_inputs(batch=2, seq=6)).shape)
+        (2, 6, 32)
+        """
+        from adapter_bert.bert.checkpoint import read_masked_lm_head
+
+        cfg = self.bert.bert_config
+        pretrained = read_masked_lm_head(self.checkpoint_dir) if self.checkpoint_dir else None
+        self._add_head(name, MaskedLMHead, overwrite_ok, set_active, vocab_size=cfg.vocab_size,
+                       layer_norm_eps=cfg.layer_norm_eps, pretrained=pretrained)
+
+    def _add_head(self, name, head_class, overwrite_ok, set_active, dropout=None, pretrained=None,
+                  **kwargs):
         _check_name(name, "head")
         if name in self.heads and not overwrite_ok:
             raise ValueError(f"a head named {name!r} exists already (pass overwrite_ok=True)")
@@ -685,6 +714,9 @@ class AdapterBertModel(keras.Model):
         head = head_class(hidden_size=cfg.hidden_size, dropout=dropout,
                           initializer_range=cfg.initializer_range, dtype=self.bert.dtype_policy,
                           name=f"head_{name}", **kwargs)
+        self._tie(head)
+        if pretrained is not None:
+            head.assign_pretrained(pretrained)
         head.trainable = name in self._training_adapters
         # pop first: assigning over a tracked dict entry would keep the old head's weights tracked.
         self.heads.pop(name, None)
@@ -732,19 +764,44 @@ class AdapterBertModel(keras.Model):
                 raise ValueError(f"{self.active_adapters} has {len(outputs)} branches but the "
                                  f"active head is {heads}; give each branch a head named after "
                                  "its last adapter, or call model.bert")
-            return [self.heads[n](o, mask, training=training) for n, o in zip(heads, outputs)]
+            return [self._head(n, o, mask, inputs, training) for n, o in zip(heads, outputs)]
         if isinstance(heads, MultiTask):
             return self._multi_task_logits(outputs, mask, inputs, heads, training)
         if isinstance(heads, BatchSplit):
             results, begin = [], 0
             for name, size in zip(heads.children, heads.batch_sizes):
-                part = {k: v[begin:begin + size] for k, v in outputs.items()}
-                results.append(self.heads[name](part, mask[begin:begin + size], training=training))
+                rows = slice(begin, begin + size)
+                part = {k: v[rows] for k, v in outputs.items()}
+                results.append(self._head(name, part, mask[rows],
+                                          {k: v[rows] for k, v in inputs.items()}, training))
                 begin += size
             return results
         if isinstance(heads, list):
-            return [self.heads[n](outputs, mask, training=training) for n in heads]
-        return self.heads[heads](outputs, mask, training=training)
+            return [self._head(n, outputs, mask, inputs, training) for n in heads]
+        return self._head(heads, outputs, mask, inputs, training)
+
+    def _head(self, name, outputs, mask, inputs, training):
+        """Head `name` on encoder outputs; a masked-LM head also gets the positions to decode
+        and the inverse of the setup's invertible adapter."""
+        head = self.heads[name]
+        if isinstance(head, MaskedLMHead):
+            return head(outputs, mask, training=training,
+                        mask_positions=inputs.get("mask_positions"), inverse=self._inverse())
+        return head(outputs, mask, training=training)
+
+    def _inverse(self):
+        """The inverse of the invertible adapter that acts under the active setup, or None."""
+        first = first_adapter(self.active_adapters)
+        if first is None:
+            return None
+        for hook in self.bert.hook_point("embeddings.output").get(first):
+            if hasattr(hook, "inverse"):
+                return hook.inverse
+        return None
+
+    def _tie(self, head) -> None:
+        if isinstance(head, MaskedLMHead):
+            head.tie(self.bert.embeddings.word_embeddings.embeddings)
 
     def _multi_task_logits(self, outputs, mask, inputs, heads, training):
         """Each row's own head's logits, `[batch, most labels]`, padded with -inf (a regression
@@ -754,6 +811,10 @@ class AdapterBertModel(keras.Model):
         if "task_ids" not in inputs:
             raise ValueError(f"the active head {heads} needs `task_ids` in the inputs")
         task_ids = ops.cast(inputs["task_ids"], "int32")
+        masked_lm = [n for n in heads.children if isinstance(self.heads[n], MaskedLMHead)]
+        if masked_lm:
+            raise ValueError(f"{heads} holds the masked-LM head {masked_lm[0]!r}; a MultiTask "
+                             "head routes rows to classification and regression heads")
         width = max(self.heads[n].num_labels for n in heads.children)
         result = None
         for index, name in enumerate(heads.children):
@@ -884,6 +945,7 @@ class AdapterBertModel(keras.Model):
             config.pop("num_labels", None)
             config.pop("problem_type", None)
         head = head_class(dtype=self.bert.dtype_policy, name=f"head_{name}", **config)
+        self._tie(head)
         weights = _read_weights(directory / HEAD_WEIGHTS_FILE)
         _assign_named(named_variables(head), weights, directory / HEAD_WEIGHTS_FILE)
         return head

@@ -49,8 +49,9 @@ def test_short_names_resolve_to_the_packaged_checkpoint():
         assert resolve_checkpoint(name) == directory
 
 
-def _write_google_checkpoint(directory: Path, encoder, extra=True):
-    """Writes a TF1 checkpoint with Google's variable names, as `bert_model.ckpt`."""
+def _write_google_checkpoint(directory: Path, encoder, extra=True, extra_variables=None):
+    """Writes a TF1 checkpoint with Google's variable names, as `bert_model.ckpt`
+    (`extra_variables`: more Google-named arrays, e.g. a `cls/predictions` head)."""
     state = encoder_state(encoder)
     variables = {}
     for name, value in state.items():
@@ -69,6 +70,7 @@ def _write_google_checkpoint(directory: Path, encoder, extra=True):
         variables["global_step"] = np.array(1000, np.int64)
         variables["cls/seq_relationship/output_bias"] = np.zeros(2, np.float32)
         variables["bert/pooler/dense/kernel/adam_m"] = np.zeros_like(variables["bert/pooler/dense/kernel"])
+    variables.update(extra_variables or {})
     with tf.Graph().as_default():
         tf_vars = [tf.compat.v1.Variable(v, name=k) for k, v in variables.items()]
         saver = tf.compat.v1.train.Saver(tf_vars)

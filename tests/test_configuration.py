@@ -45,7 +45,8 @@ def test_config_string_valid(text, expected):
     ("seq_bn[reduction_factor=-4]", ValueError),
     ("seq_bn[non_linearity='softplus']", ValueError),
     ("lora[attn_matrices=['x']]", ValueError),
-    ("seq_bn_inv", ValueError),
+    ("seq_bn_inv[inv_adapter='realnvp']", ValueError),
+    ("seq_bn[inv_adapter='nice']", ValueError),  # no reduction factor
 ])
 def test_config_string_invalid(text, error):
     with pytest.raises(error):
@@ -94,7 +95,8 @@ def test_configs_are_immutable_but_accept_custom_attributes(identifier):
     copy.dummy_attr = "test_value"
     assert copy.dummy_attr == "test_value"
     aliases = {"houlsby": "double_seq_bn", "pfeiffer": "seq_bn", "parallel": "par_bn",
-               "scaled_parallel": "scaled_par_bn"}
+               "scaled_parallel": "scaled_par_bn", "pfeiffer+inv": "seq_bn_inv",
+               "houlsby+inv": "double_seq_bn_inv"}
     assert config_identifier(config) == aliases.get(identifier, identifier)
 
 
@@ -144,9 +146,7 @@ def test_library_aliases_and_loading_semantics():
 # What its `to_dict()` writes for each method: every field, including the options adapter_bert does
 # not implement, at their defaults. Bottleneck dicts carry no "architecture" key there.
 
-_LIBRARY_BN_ONLY = {
-    "init_weights_seed": None, "inv_adapter": None, "inv_adapter_reduction_factor": None,
-    "cross_adapter": False, "stochastic_depth": 0.0}
+_LIBRARY_BN_ONLY = {"init_weights_seed": None, "cross_adapter": False, "stochastic_depth": 0.0}
 _LIBRARY_LORA_ONLY = {"init_weights_seed": None, "dtype": None}
 
 
@@ -186,8 +186,8 @@ def test_library_mam_dict_loads_with_the_same_values():
 
 @pytest.mark.parametrize("config, changes, keys", [
     (SeqBnConfig(), {"stochastic_depth": 0.1}, ["stochastic_depth"]),
-    (DoubleSeqBnConfig(), {"inv_adapter": "nice", "inv_adapter_reduction_factor": 2},
-     ["inv_adapter", "inv_adapter_reduction_factor"]),
+    (DoubleSeqBnConfig(), {"stochastic_depth": 0.2, "init_weights_seed": 1},
+     ["init_weights_seed", "stochastic_depth"]),
     (ParBnConfig(), {"cross_adapter": True, "init_weights_seed": 8},
      ["cross_adapter", "init_weights_seed"]),
     (LoRAConfig(), {"init_weights_seed": 3}, ["init_weights_seed"]),

@@ -34,6 +34,8 @@ BERT_BASE_COUNTS = [
     ("noreft", 36_888),
     ("direft", 36_888),
     ("vera", 14_169_600),  # the frozen shared pair included, as the library counts it
+    ("seq_bn_inv", 1_190_592),
+    ("double_seq_bn_inv", 2_085_120),
 ]
 
 
@@ -117,7 +119,8 @@ TRAINABLE = ["seq_bn", "double_seq_bn[task_layer_norm=True, init_weights='houlsb
              "unipelt", "seq_bn[use_gating=True]|lora[use_gating=True, intermediate_lora=True]",
              "prefix_tuning[prefix_length=3, use_gating=True, shared_gating=False]",
              "loreft[dropout=0.0, suffix_positions=1, layers=[0]]", "noreft[r=2, tied_weights=True]",
-             "direft[layers=[0], suffix_positions=2, non_linearity='tanh']"]
+             "direft[layers=[0], suffix_positions=2, non_linearity='tanh']",
+             "seq_bn_inv", "double_seq_bn_inv[inv_adapter='glow', inv_adapter_reduction_factor=4]"]
 
 
 def _train(model, inputs, labels, steps=20, learning_rate=1e-2):
@@ -255,7 +258,8 @@ def test_eject_prefix_tuning_keeps_outputs(config):
                                     "lora", "ia3", "prefix_tuning[prefix_length=5]", "mam", "bitfit",
                                     "full", "scaled_par_bn", "dora", "vera",
                                     "prompt_tuning[prompt_length=3]", "compacter[reduction_factor=4]",
-                                    "unipelt", "loreft[dropout=0.0]", "direft[dropout=0.0]"])
+                                    "unipelt", "loreft[dropout=0.0]", "direft[dropout=0.0]",
+                                    "seq_bn_inv", "seq_bn_inv[inv_adapter='glow']"])
 def test_save_then_load_into_a_fresh_model(tmp_path, config):
     model = _model(seed=1)
     inputs = random_inputs()

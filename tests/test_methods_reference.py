@@ -1,7 +1,8 @@
 """The newer methods against the real adapters library (1.3.0) on the packaged MiniLM.
 
 `tests/fixtures/make_methods_reference.py` ran the library once with fixed weights; loading the
-same weights by name must give the same last hidden states within 1e-4.
+same weights by name must give the same last hidden states within 1e-4, and for the invertible
+adapters the same masked-LM logits (their heads invert the adapter before decoding).
 """
 
 from pathlib import Path
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from adapter_bert import AdapterBertModel
-from adapter_bert.formats.adapters_library import from_library_state
+from adapter_bert.formats.adapters_library import (from_library_state,
+                                                   masked_lm_head_from_library_state)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "methods_reference.npz"
 TOLERANCE = 1e-4
@@ -45,6 +47,9 @@ def reference():
         assert sorted(values) == sorted(variables), "every weight comes from the library's file"
         for key, value in values.items():
             variables[key].assign(value)
+        if f"mlm/{name}" in data.files:
+            model.add_masked_lm_head(name, set_active=False)
+            model.heads[name].assign_pretrained(masked_lm_head_from_library_state(state, name))
     inputs = {k: data[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     return model, data, inputs, names
 
@@ -57,7 +62,7 @@ def _real_tokens(model, inputs, dims):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["dora", "vera", "prompt", "prompt_bos", "compacter",
                                   "compacterpp", "compacter_shared_w", "compacter_rules",
-                                  "unipelt", "loreft", "noreft", "direft"])
+                                  "unipelt", "loreft", "noreft", "direft", "inv", "inv_double"])
 def test_methods_match_the_adapters_library(reference, name):
     model, data, inputs, names = reference
     assert name in names
@@ -69,3 +74,19 @@ def test_methods_match_the_adapters_library(reference, name):
                                atol=TOLERANCE)
     if name != "unipelt":
         assert np.abs(expected - data["out/base"]).max() > 1e-2  # the adapter acts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["inv", "inv_double"])
+def test_invertible_adapters_masked_lm_logits_match_the_adapters_library(reference, name):
+    model, data, inputs, _ = reference
+    model.set_active_adapters(name)
+    model.active_head = name
+    mask = inputs["attention_mask"].astype(bool)
+    logits = model(inputs).numpy()[mask][:, data["mlm_vocab"]]
+    expected = data[f"mlm/{name}"]
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(logits / scale, expected / scale, atol=TOLERANCE)
+    # The same encoder output decoded without the inverse differs: the head undoes the adapter.
+    plain = model.heads[name](model.bert(inputs)).numpy()[mask][:, data["mlm_vocab"]]
+    assert np.abs(plain - expected).max() > 1e-1

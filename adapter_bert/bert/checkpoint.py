@@ -127,19 +127,22 @@ def read_safetensors_state(directory: Path) -> dict[str, np.ndarray]:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        with open(index, encoding="utf-8") as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    else:
-        files = ["model.safetensors"]
     state = {}
-    for name in files:
+    for name in _safetensors_files(directory):
         try:
             state.update(load_file(str(directory / name)))
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"cannot read {directory / name}: {e}") from None
     return _canonical_hf_names(state)
+
+
+def _safetensors_files(directory: Path) -> list[str]:
+    """The weight files of a HF directory: one `model.safetensors`, or the shards of its index."""
+    index = directory / "model.safetensors.index.json"
+    if not index.is_file():
+        return ["model.safetensors"]
+    with open(index, encoding="utf-8") as f:
+        return sorted(set(json.load(f)["weight_map"].values()))
 
 
 def _canonical_hf_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -284,20 +287,100 @@ def encoder_state(encoder: BertEncoder) -> dict[str, np.ndarray]:
             for name, (v, transpose) in _hf_variable_map(encoder).items()}
 
 
-def save_hf_checkpoint(encoder: BertEncoder, directory: str | os.PathLike) -> Path:
-    """Writes `config.json` + `model.safetensors` that Hugging Face `BertModel` and this package read."""
+def save_hf_checkpoint(encoder: BertEncoder, directory: str | os.PathLike,
+                       extra_tensors: dict[str, np.ndarray] | None = None) -> Path:
+    """Writes `config.json` + `model.safetensors` that Hugging Face `BertModel` and this package read.
+
+    `extra_tensors` (HF names, e.g. a `cls.predictions.*` masked-LM head) are stored beside the
+    encoder's weights.
+    """
     from safetensors.numpy import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = dict(encoder.bert_config.to_dict(), model_type="bert", architectures=["BertModel"])
     tmp = directory / "model.safetensors.tmp"
-    save_file({k: np.ascontiguousarray(v) for k, v in encoder_state(encoder).items()}, str(tmp))
+    tensors = dict(encoder_state(encoder), **(extra_tensors or {}))
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
     os.replace(tmp, directory / "model.safetensors")
     with open(directory / "config.json.tmp", "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
     os.replace(directory / "config.json.tmp", directory / "config.json")
     return directory
+
+
+# BERT's masked-LM head (`BertForMaskedLM` / Google's `cls/predictions`): HF name -> this
+# package's head weight and whether the stored array is a `[out, in]` Linear weight.
+MASKED_LM_HEAD_NAMES = {
+    "cls.predictions.transform.dense.weight": ("transform.kernel", True),
+    "cls.predictions.transform.dense.bias": ("transform.bias", False),
+    "cls.predictions.transform.LayerNorm.weight": ("transform_norm.gamma", False),
+    "cls.predictions.transform.LayerNorm.bias": ("transform_norm.beta", False),
+    "cls.predictions.bias": ("output_bias", False),
+}
+_GOOGLE_MASKED_LM_NAMES = {
+    "cls/predictions/transform/dense/kernel": "transform.kernel",
+    "cls/predictions/transform/dense/bias": "transform.bias",
+    "cls/predictions/transform/LayerNorm/gamma": "transform_norm.gamma",
+    "cls/predictions/transform/LayerNorm/beta": "transform_norm.beta",
+    "cls/predictions/output_bias": "output_bias",
+}
+
+
+def read_masked_lm_head(path_or_id: str | os.PathLike) -> dict[str, np.ndarray] | None:
+    """The pretrained masked-LM head of a checkpoint (Keras orientation, keyed by the names of
+    `adapter_bert.heads.MaskedLMHead`'s weights), or None when the checkpoint has none
+    (sentence-embedding checkpoints such as all-MiniLM-L6-v2 keep only the encoder).
+
+    Only the head's tensors are read. The decoder is not: BERT ties it to the word embeddings.
+
+    Raises:
+        CheckpointError: a checkpoint with some of the head's tensors but not all.
+
+    Example:
+    >>> read_masked_lm_head("all-minilm-l6-v2") is None
+    True
+    """
+    directory = resolve_checkpoint(path_or_id)
+    found = {}
+    if (directory / "model.safetensors").is_file() or (
+            directory / "model.safetensors.index.json").is_file():
+        found = _read_safetensors_subset(directory, MASKED_LM_HEAD_NAMES)
+    else:
+        prefix = _google_checkpoint_prefix(directory)
+        if prefix is not None:
+            import tensorflow as tf
+
+            reader = tf.train.load_checkpoint(prefix)
+            names = reader.get_variable_to_shape_map()
+            found = {ours: reader.get_tensor(name) for name, ours in _GOOGLE_MASKED_LM_NAMES.items()
+                     if name in names}
+    if not found:
+        return None
+    missing = sorted(set(ours for ours, _ in MASKED_LM_HEAD_NAMES.values()) - set(found))
+    if missing:
+        raise CheckpointError(f"{directory} has a partial masked-LM head: no {', '.join(missing)}")
+    return found
+
+
+def _read_safetensors_subset(directory: Path, names: dict) -> dict[str, np.ndarray]:
+    """The tensors of `names` (HF names, any `bert.` prefix or gamma/beta spelling) that the
+    directory's safetensors files hold, renamed and oriented as `names` says."""
+    from safetensors import SafetensorError, safe_open
+
+    found = {}
+    for file in _safetensors_files(directory):
+        try:
+            with safe_open(str(directory / file), framework="numpy") as f:
+                for key in f.keys():
+                    canonical = next(iter(_canonical_hf_names({key: None})))
+                    if canonical in names:
+                        ours, transpose = names[canonical]
+                        value = f.get_tensor(key)
+                        found[ours] = value.T if transpose else value
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"cannot read {directory / file}: {e}") from None
+    return found
 
 
 def load_pretrained_encoder(path_or_id: str | os.PathLike, **encoder_kwargs) -> BertEncoder:

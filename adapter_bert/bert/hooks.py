@@ -272,6 +272,16 @@ def required_shape(setup) -> tuple:
     return (next(iter(found_rows), None), next(iter(found_positions), None))
 
 
+def first_adapter(setup) -> str | None:
+    """The first adapter a setup names (`Stack(a, b)`, `Fuse(a, b)`, `"a"`: a), as the adapters
+    library's `first()`: the one whose invertible adapter acts."""
+    while setup is not None and not isinstance(setup, str):
+        if not setup.children:
+            return None
+        setup = setup.children[0]
+    return setup
+
+
 def _task_count(setup) -> int | None:
     if setup is None or isinstance(setup, str):
         return None

@@ -39,6 +39,7 @@ _REFT = re.compile(r"(?:^|\.)layer\.(\d+)\.reft_layer\.refts\.([^.]+)\.units\.(\
                    r"(learned_source\.weight|learned_source\.bias|projection\.weight)$")
 _PROMPT = re.compile(r"(?:^|\.)prompt_tunings\.([^.]+)\.prompt_embedding\.weight$")
 _SHARED = re.compile(r"(?:^|\.)shared_parameters\.([^.]+)\.(lora_A|lora_B|phm_rule\w*|W_\w+)$")
+_INVERTIBLE = re.compile(r"(?:^|\.)invertible_adapters\.([^.]+)\.(F|G|s1|s2)\.([02])\.(weight|bias)$")
 _PREFIX = re.compile(r"(?:^|\.)prefix_tunings\.([^.]+)\.self_prefix\.(.+)$")
 _FUSION = re.compile(r"(?:^|\.)layer\.(\d+)\.(attention\.output|output)\.adapter_fusion_layer\."
                      r"([^.]+)\.(query|key|value|dense)\.(weight|bias)$")
@@ -145,6 +146,13 @@ def from_library_state(module, state: dict, adapter: str | None = None) -> dict:
                 method = _method(module, "bottleneck", key)
                 out[f"{method.name}.shared.{match.group(2)}"] = value
             continue
+        match = _INVERTIBLE.search(key)
+        if match and match.group(1) == adapter:
+            method = _method(module, "bottleneck", key)
+            subnet, index, kind = match.group(2, 3, 4)
+            name = f"{method.name}.invertible.{subnet}.{index}."
+            out[name + ("kernel" if kind == "weight" else "bias")] = value.T if kind == "weight" else value
+            continue
         match = _PREFIX.search(key)
         if match and match.group(1) == adapter:
             method = _method(module, "prefix_tuning", key)
@@ -176,4 +184,34 @@ def fusion_from_library_state(module, state: dict, fusion: str | None = None) ->
         name = f"layer_{layer}_{_LOCATION[location]}.{projection}."
         value = np.asarray(value)
         out[name + ("kernel" if kind == "weight" else "bias")] = value.T if kind == "weight" else value
+    return out
+
+
+# The library's masked-LM head (`BertStyleMaskedLMHead`): position in its Sequential -> ours.
+_MASKED_LM_HEAD = {"0.weight": ("transform.kernel", True), "0.bias": ("transform.bias", False),
+                   "2.weight": ("transform_norm.gamma", False),
+                   "2.bias": ("transform_norm.beta", False), "3.bias": ("output_bias", False)}
+
+
+def masked_lm_head_from_library_state(state: dict, head: str) -> dict:
+    """The adapters library's masked-LM head `head` (`heads.<head>.<i>.*`), renamed for
+    `adapter_bert.heads.MaskedLMHead`. Its decoder weight, tied to the word embeddings, is not
+    a head weight here and is skipped.
+
+    Raises:
+        ValueError: a weight of that head with no counterpart here.
+    """
+    out = {}
+    prefix = f"heads.{head}."
+    for key, value in state.items():
+        if not key.startswith(prefix):
+            continue
+        rest = key[len(prefix):]
+        if rest == "3.weight":
+            continue
+        if rest not in _MASKED_LM_HEAD:
+            raise ValueError(f"adapters library weight {key} has no counterpart in a masked-LM head")
+        name, transpose = _MASKED_LM_HEAD[rest]
+        value = np.asarray(value)
+        out[name] = value.T if transpose else value
     return out

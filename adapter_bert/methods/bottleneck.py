@@ -106,17 +106,17 @@ class BnConfig(AdapterConfig):
     hypercomplex_nonlinearity: str = "glorot-uniform"
     phm_rank: int = 1
     phm_bias: bool = True
+    inv_adapter: str | None = None
+    inv_adapter_reduction_factor: float | None = None
 
     architecture = "bottleneck"
     location_flags = ("mh_adapter", "output_adapter")
     combines_at_other_locations = True
     union_label = "bottleneck adapters"
     variant_fields = ("scaling",)
-    # The library's invertible, cross-attention and stochastic-depth variants and its init
-    # seed: adapter_bert has none of them.
-    library_only = {
-        "init_weights_seed": None, "inv_adapter": None, "inv_adapter_reduction_factor": None,
-        "cross_adapter": False, "stochastic_depth": 0.0}
+    # The library's cross-attention and stochastic-depth variants and its init seed:
+    # adapter_bert has none of them.
+    library_only = {"init_weights_seed": None, "cross_adapter": False, "stochastic_depth": 0.0}
     aliases = {"use_phm": "phm_layer"}
 
     def validate(self):
@@ -140,6 +140,26 @@ class BnConfig(AdapterConfig):
             raise ValueError("a bottleneck adapter needs mh_adapter or output_adapter")
         if self.phm_layer:
             _PROJECTIONS["phm"].validate(self)
+        if self.inv_adapter is not None:
+            if self.inv_adapter not in _INVERTIBLES:
+                raise ValueError(f"inv_adapter must be one of {sorted(_INVERTIBLES)} or None, got "
+                                 f"{self.inv_adapter!r}")
+            factor = self.inv_adapter_reduction_factor
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
+                raise ValueError(f"inv_adapter_reduction_factor must be positive with an "
+                                 f"inv_adapter, got {factor!r}")
+
+    @classmethod
+    def _without_library_only(cls, values: dict) -> dict:
+        values = dict(values)
+        legacy = values.pop("invertible_adapter", None)
+        if isinstance(legacy, dict):  # the library's older spelling of the two inv_ fields
+            values.setdefault("inv_adapter", legacy.get("block_type"))
+            values.setdefault("inv_adapter_reduction_factor", legacy.get("reduction_factor"))
+        elif legacy is not None:
+            raise ValueError(f"invertible_adapter must be a dict with block_type and "
+                             f"reduction_factor, got {legacy!r}")
+        return super()._without_library_only(values)
 
     def bottleneck_size(self, layer: int, hidden_size: int) -> int:
         factor = self.reduction_factor
@@ -327,6 +347,16 @@ def register_projection(name: str, provider) -> None:
     """Lets a method module provide bottleneck projections: `provider.layer(...)`,
     `provider.shared(...)` and `provider.validate(config)`."""
     _PROJECTIONS[name] = provider
+
+
+#: `inv_adapter` name -> layer class `(hidden_size, reduction_factor, non_linearity, **kwargs)`
+#: with `inverse`, filled by `adapter_bert.methods.invertible`.
+_INVERTIBLES: dict = {}
+
+
+def register_invertible(name: str, layer_class) -> None:
+    """Lets a method module provide an invertible adapter for `inv_adapter=name`."""
+    _INVERTIBLES[name] = layer_class
 
 
 def _final_adapter(last):
@@ -525,6 +555,10 @@ class BottleneckMethod(AdapterMethod):
                         layer_norm_eps=bert_config.layer_norm_eps, shared=self.shared,
                         dtype=self.dtype_policy, name=f"layer_{i}_{flag}"))
                     self.locations.append((i, point, norm))
+        # MAD-X's invertible adapter on the embedding output: see adapter_bert.methods.invertible
+        self.invertible = (_INVERTIBLES[config.inv_adapter](
+            bert_config.hidden_size, config.inv_adapter_reduction_factor, config.non_linearity,
+            dtype=self.dtype_policy, name="invertible") if config.inv_adapter else None)
         self.built = True
 
     def init_from_base(self, encoder, checkpoint_dir=None) -> None:
@@ -533,8 +567,11 @@ class BottleneckMethod(AdapterMethod):
             adapter.init_task_layer_norm(getattr(encoder.layers[i], norm))
 
     def placements(self):
-        return [(f"layer_{i}.{point}", adapter)
-                for adapter, (i, point, _) in zip(self.adapters, self.locations)]
+        placed = [(f"layer_{i}.{point}", adapter)
+                  for adapter, (i, point, _) in zip(self.adapters, self.locations)]
+        if self.invertible is not None:
+            placed.append(("embeddings.output", self.invertible))
+        return placed
 
 
 # --- the training command's presets -----------------------------------------------------------

@@ -88,12 +88,6 @@ def register_method(config_class: type, method_class: type | None = None,
     _PRESETS.update(presets or {})
 
 
-# Identifiers of the adapters library's table with no method here yet: the error says so, so that
-# users know the name is right and the method is missing.
-for _identifier in ("seq_bn_inv", "double_seq_bn_inv"):
-    CONFIG_TABLE.reserve(_identifier, "is not implemented in adapter_bert yet")
-
-
 def method_class_for(config: AdapterConfig) -> type:
     """The `AdapterMethod` subclass that builds the weights of a (non-union) config.
 
