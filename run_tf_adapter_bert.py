@@ -1,10 +1,17 @@
-"""Trains an adapter for one GLUE task: flags -> adapter_bert.training.run().
+"""Trains an adapter for one GLUE task, or a language adapter with masked language modelling:
+flags -> adapter_bert.training.run().
 
     python run_tf_adapter_bert.py --casing bert-base-uncased --bottleneck_size 32 \
         --non_linearity gelu --task mrpc --batch_size 32 --epochs 10 --max_seq_length 128 \
         --learning_rate 3e-4 --warmup_ratio 0.1 --saved_models_dir saved_models
 
     python run_tf_adapter_bert.py --flagfile flags/quickstart.flags --data_dir ../shared/data/glue/MRPC
+
+    # MAD-X: a language adapter on plain text, then a task adapter stacked on it
+    python run_tf_adapter_bert.py --task mlm --train_file en.txt --adapter_name en \
+        --adapter_config seq_bn_inv
+    python run_tf_adapter_bert.py --task mrpc --load_adapter saved_models/en/adapter \
+        --adapter_setup "Stack(en, mrpc)" --data_dir ../shared/data/glue/MRPC
 
 Every flag is checked before anything is written; a bad one exits with status 2 and one line.
 """
@@ -22,8 +29,13 @@ from absl import app, flags  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("casing", "all-minilm-l6-v2",
                     "Pretrained BERT: hub id (bert-base-uncased), short name or local directory.")
-flags.DEFINE_string("task", "mrpc", "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli.")
+flags.DEFINE_string("task", "mrpc", "GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli), "
+                    "or mlm: masked language modelling on --train_file.")
 flags.DEFINE_string("data_dir", None, "GLUE TSV directory (root or task folder); unset: TFDS glue/<task>.")
+flags.DEFINE_string("train_file", None, "--task mlm: UTF-8 text, one sequence a line.")
+flags.DEFINE_string("dev_file", None, "--task mlm: dev text (default: a fixed 5% of --train_file's lines).")
+flags.DEFINE_string("adapter_name", None, "Name of the trained adapter and head, and of the output "
+                    "directory (default: the task), e.g. a language adapter's 'en'.")
 flags.DEFINE_integer("bottleneck_size", None, "Houlsby adapter width (shorthand for --method houlsby).")
 flags.DEFINE_string("non_linearity", None, "Adapter activation: gelu, relu, swish, tanh, ...")
 flags.DEFINE_string("adapter_config", None,
@@ -65,7 +77,7 @@ flags.DEFINE_enum("mixed_precision", None, ["bf16", "fp16"], "Keras mixed-precis
 flags.DEFINE_enum("padding", "dynamic", ["dynamic", "max_length"],
                   "Pad each batch to its longest row, or every batch to max_seq_length.")
 flags.DEFINE_list("bucket_boundaries", [], "Length buckets, e.g. 32,64,128 (dynamic padding).")
-flags.DEFINE_string("saved_models_dir", "saved_models", "Output root; results go to <dir>/<task>/.")
+flags.DEFINE_string("saved_models_dir", "saved_models", "Output root; results go to <dir>/<adapter_name or task>/.")
 flags.DEFINE_bool("predict_test", True, "Write GLUE test-set predictions with the best adapter.")
 flags.DEFINE_bool("export", True, "Write the best adapter as a SavedModel to <dir>/<task>/export/<version>/.")
 flags.DEFINE_bool("export_only", False, "Only export the adapter trained earlier in the output directory.")

@@ -1,15 +1,22 @@
-"""Training an adapter on a GLUE task: one custom loop under `tf.distribute`, resumable.
+"""Training an adapter on a GLUE task or with masked language modelling: one custom loop under
+`tf.distribute`, resumable.
 
 `run(TrainingArgs(...))` is what `run_tf_adapter_bert.py` calls. The same loop serves every
 strategy (`strategy.run` + `tf.GradientTape` + a Keras AdamW): Keras' `fit` is avoided because it
 fails under MultiWorkerMirroredStrategy (keras#20585).
 
-Output directory `<saved_models_dir>/<task>/`:
+What differs between a GLUE task and `task="mlm"` (data, head, loss, dev metrics) is the run's
+objective (`adapter_bert.objectives`). An MLM run trains a language adapter on the lines of
+`train_file` (dev: `dev_file`, else a fixed 5% of the lines) and reports dev perplexity; with
+`adapter_name="en"` the adapter is named for its language, ready to be loaded under a task
+adapter (MAD-X: `load_adapters=("saved_models/en/adapter",)`, `adapter_setup="Stack(en, mrpc)"`).
+
+Output directory `<saved_models_dir>/<adapter_name or task>/`:
   results.json   per-epoch dev metrics, best epoch, parameter counts, throughput, versions
   adapter/       save_adapter of the best epoch (adapter + head)
   setup/         with `load_adapters`: save_adapter_setup of the whole setup the adapter trained in
   fusion/        with `fusion` (instead of adapter/): save_adapter_fusion of the best epoch
-  predictions/   GLUE test-set predictions in the benchmark's submission format
+  predictions/   GLUE test-set predictions in the benchmark's submission format (not for mlm)
   checkpoints/   tf.train.CheckpointManager checkpoints: rerunning the same command resumes
   logs/          TensorBoard summaries
 
@@ -60,6 +67,9 @@ class TrainingArgs:
     task: str = "mrpc"
     casing: str = "all-minilm-l6-v2"
     data_dir: str | None = None
+    train_file: str | None = None
+    dev_file: str | None = None
+    adapter_name: str | None = None
     adapter_config: str | None = None
     load_adapters: tuple = ()
     adapter_setup: str | None = None
@@ -99,10 +109,18 @@ class TrainingArgs:
     overwrite: bool = False
 
     @property
-    def output_dir(self) -> Path:
+    def name(self) -> str:
+        """The name of the adapter (and head) this run trains: `adapter_name`, else the task's."""
         from adapter_bert.glue.tasks import get_task
+        from adapter_bert.objectives import MLM, is_masked_lm
 
-        return Path(self.saved_models_dir) / get_task(self.task).name
+        if self.adapter_name is not None:
+            return self.adapter_name
+        return MLM if is_masked_lm(self.task) else get_task(self.task).name
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.saved_models_dir) / self.name
 
     def resume_key(self) -> dict:
         """The arguments that must match for a rerun to resume a killed run."""
@@ -119,6 +137,10 @@ class TrainingArgs:
                  **{name: _file_digest(Path(path) / name)
                     for name in ("adapter_config.json", "adapter.safetensors")}}
                 for path in getattr(self, key)]
+        for key in ("train_file", "dev_file"):
+            path = getattr(self, key)
+            values[key] = None if path is None else {"path": str(Path(path).resolve()),
+                                                     "sha256": _file_digest(Path(path))}
         if self.load_adapters or self.adapter_setup is not None or self.fusion:
             from adapter_bert.composition import setup_key
 
@@ -141,8 +163,6 @@ def _file_digest(path: Path) -> str | None:
 def loaded_adapter_names(args: "TrainingArgs") -> list[str]:
     """The names of the `--load_adapter` (or `--fusion`) directories' adapters (one-line errors
     for bad ones)."""
-    from adapter_bert.glue.tasks import get_task
-
     names = []
     flag = "--fusion" if args.fusion else "--load_adapter"
     for path in args.fusion or args.load_adapters:
@@ -155,7 +175,7 @@ def loaded_adapter_names(args: "TrainingArgs") -> list[str]:
             raise ValueError(f"{config} has no adapter 'name'")
         if name in names:
             raise ValueError(f"two {flag} directories hold an adapter named {name!r}")
-        if name == get_task(args.task).name and not args.fusion:
+        if name == args.name and not args.fusion:
             raise ValueError(f"--load_adapter {path} holds an adapter named {name!r}, the name "
                              "of the adapter this run trains; rename one of them")
         names.append(name)
@@ -166,9 +186,8 @@ def resolve_setup(args: "TrainingArgs"):
     """The setup the new adapter trains in: `--adapter_setup`, else the loaded adapters stacked
     under the new one, else the new adapter alone (a name)."""
     from adapter_bert.composition import Stack, parse_heads_from_composition, parse_setup_string
-    from adapter_bert.glue.tasks import get_task
 
-    task = get_task(args.task).name
+    task = args.name
     loaded = loaded_adapter_names(args)
     if args.fusion:
         from adapter_bert.composition import Fuse
@@ -198,12 +217,19 @@ def resolve_setup(args: "TrainingArgs"):
 def validate_args(args: TrainingArgs) -> None:
     """Checks every argument up front; raises ValueError / FileNotFoundError with one line."""
     from adapter_bert.glue.data import find_tsv
-    from adapter_bert.glue.tasks import get_task
     from adapter_bert.methods.registry import preset_names
+    from adapter_bert.objectives import MaskedLMObjective, objective_for
 
-    task = get_task(args.task)
-    if task.prediction_only:
+    objective = objective_for(args)
+    masked_lm = isinstance(objective, MaskedLMObjective)
+    task = None if masked_lm else objective.task
+    if task is not None and task.prediction_only:
         raise ValueError(f"task {task.name!r} has no training data; train {task.model_task!r}")
+    if args.adapter_name is not None:
+        from adapter_bert.model import _check_name
+
+        _check_name(args.adapter_name, "--adapter_name: adapter")
+    _check_objective_flags(args, masked_lm)
     for name in ("batch_size", "epochs", "max_seq_length", "log_every", "keep_checkpoints"):
         value = getattr(args, name)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -273,9 +299,34 @@ def validate_args(args: TrainingArgs) -> None:
         if not (trained / marker).is_file():
             raise FileNotFoundError(f"--export_only needs a trained {trained_dir(args)} in {trained}")
         return
-    if args.data_dir is not None:
+    if masked_lm:
+        from adapter_bert.language_modeling import read_text_lines
+
+        for path in (args.train_file, args.dev_file):
+            if path is not None:
+                read_text_lines(path)
+    elif args.data_dir is not None:
         for split in ("train", "dev"):
             find_tsv(task, args.data_dir, split)
+
+
+def _check_objective_flags(args: TrainingArgs, masked_lm: bool) -> None:
+    """The flags of one objective refused with the other."""
+    if not masked_lm:
+        for flag in ("train_file", "dev_file"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag} is the text of --task mlm; a GLUE task reads "
+                                 "--data_dir (or TFDS)")
+        return
+    if args.train_file is None:
+        raise ValueError("--task mlm needs --train_file (plain text, one sequence a line)")
+    refused = {"data_dir": "--data_dir holds GLUE files; --task mlm reads --train_file",
+               "fusion": "--fusion trains a fusion for a GLUE task's head, not --task mlm",
+               "merge_for_serving": "--task mlm exports no SavedModel to merge into",
+               "export_only": "--task mlm exports no SavedModel"}
+    for flag, why in refused.items():
+        if getattr(args, flag) not in (None, (), False):
+            raise ValueError(why)
 
 
 def make_strategy(name: str = "default", tpu: str | None = None, worker_hosts=(),
@@ -438,30 +489,28 @@ def training_dataset(args: TrainingArgs, encoded, labels, epoch: int, static_sha
     return dataset
 
 
-def build_model(args: TrainingArgs, task):
-    """The pretrained base with the task's adapter (or fusion) and head added, active and
-    trainable.
+def build_model(args: TrainingArgs, objective=None):
+    """The pretrained base with the run's adapter (or fusion) and head added, active and
+    trainable (`objective`: `adapter_bert.objectives.objective_for(args)` when not given).
 
     Call it inside the strategy's scope. The benchmarks build their models through it too.
     """
     from adapter_bert import AdapterBertModel
+    from adapter_bert.objectives import objective_for
 
+    objective = objective or objective_for(args)
     model = AdapterBertModel.from_pretrained(args.casing)
     for path in args.load_adapters + args.fusion:
         model.load_adapter(path, with_head=False)  # frozen; only the new head trains
     if not args.fusion:
-        model.add_adapter(task.name, config=resolve_adapter_config(args, model.config.hidden_size))
-    if task.is_regression:
-        model.add_regression_head(task.name, pooling=args.pooling)
-    else:
-        model.add_classification_head(task.name, num_labels=task.num_labels, pooling=args.pooling,
-                                      id2label=dict(enumerate(task.labels)))
+        model.add_adapter(args.name, config=resolve_adapter_config(args, model.config.hidden_size))
+    objective.add_head(model, args.name)
     setup = resolve_setup(args)
     if args.fusion:
         model.add_adapter_fusion(setup, config=args.fusion_config)
-        model.train_adapter_fusion(setup)  # the fusion and the active head, the task's
+        model.train_adapter_fusion(setup)  # the fusion and the active head, the run's
     else:
-        model.train_adapter(task.name)
+        model.train_adapter(args.name)
         model.set_active_adapters(setup)
     return model
 
@@ -471,32 +520,32 @@ def trained_dir(args: TrainingArgs) -> str:
     return "fusion" if args.fusion else "adapter"
 
 
-def save_trained(model, args: TrainingArgs, task, out: Path) -> None:
+def save_trained(model, args: TrainingArgs, out: Path) -> None:
     """Saves the adapter (or fusion) this run trains, and its head."""
     if args.fusion:
-        model.save_adapter_fusion(out / "fusion", resolve_setup(args).name, with_head=task.name)
+        model.save_adapter_fusion(out / "fusion", resolve_setup(args).name, with_head=args.name)
     else:
-        model.save_adapter(out / "adapter", task.name)
+        model.save_adapter(out / "adapter", args.name)
 
 
-def reload_trained(model, args: TrainingArgs, task, out: Path) -> None:
+def reload_trained(model, args: TrainingArgs, out: Path) -> None:
     """Loads the saved adapter (or fusion) and head back into `model` and activates the setup."""
     if args.fusion:
         model.load_adapter_fusion(out / "fusion")
     else:
         model.load_adapter(out / "adapter")
     model.set_active_adapters(resolve_setup(args))
-    model.active_head = task.name
+    model.active_head = args.name
 
 
-def trained_variables(model, args: TrainingArgs, task) -> dict:
+def trained_variables(model, args: TrainingArgs) -> dict:
     """The trained weights (adapter or fusion, and head) by stable name."""
     from adapter_bert.methods.base import named_variables
 
     owner = (model.fusions[resolve_setup(args).name] if args.fusion
-             else model.adapter_modules[task.name])
+             else model.adapter_modules[args.name])
     variables = dict(owner.named_variables())
-    variables.update({f"head.{k}": v for k, v in named_variables(model.heads[task.name]).items()})
+    variables.update({f"head.{k}": v for k, v in named_variables(model.heads[args.name]).items()})
     return variables
 
 
@@ -512,13 +561,13 @@ def make_optimizer(args: TrainingArgs, total_steps: int):
     return schedule, optimizer
 
 
-def make_train_step(model, optimizer, trainable, is_regression: bool, global_batch: int,
-                    replicas: int = 1):
+def make_train_step(model, optimizer, trainable, loss, replicas: int = 1):
     """One optimisation step on one replica's batch: forward, loss, gradients, update.
 
-    The loss is summed over the replica's examples and divided by the *global* batch size, so that
-    the gradients summed across replicas equal one device's gradient on the whole batch; a
-    trained AdapterFusion's regularisation is added once (a `1 / replicas` share per replica).
+    `loss(labels, logits)` is an objective's (`adapter_bert.objectives`): the replica's share of
+    the global batch's loss, so that the gradients summed across replicas equal one device's
+    gradient on the whole batch; a trained AdapterFusion's regularisation is added once (a
+    `1 / replicas` share per replica).
     The benchmarks in `bench/` call the same step, so their throughput is the training command's.
 
     Example:
@@ -530,22 +579,21 @@ def make_train_step(model, optimizer, trainable, is_regression: bool, global_bat
     >>> model.add_classification_head("t", num_labels=2)
     >>> model.train_adapter("t")
     >>> optimizer = keras.optimizers.AdamW(1e-3)
-    >>> step = make_train_step(model, optimizer, model.trainable_weights, False, 2)
+    >>> from adapter_bert.objectives import GlueObjective
+    >>> from adapter_bert.glue import get_task
+    >>> task_loss = GlueObjective(None, get_task("sst2")).loss(global_batch=2)
+    >>> step = make_train_step(model, optimizer, model.trainable_weights, task_loss)
     >>> loss = step(random_inputs(batch=2, seq=8), np.array([0, 1], "int32"))
     >>> bool(np.isfinite(float(loss)))
     True
     """
-    import keras
     import tensorflow as tf
+
+    objective_loss = loss
 
     def train_step(inputs, labels):
         with tf.GradientTape() as tape:
-            logits = model(inputs, training=True)
-            if is_regression:
-                per_example = tf.square(tf.squeeze(logits, -1) - tf.cast(labels, logits.dtype))
-            else:
-                per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-            loss = tf.reduce_sum(per_example) / global_batch
+            loss = objective_loss(labels, model(inputs, training=True))
             regularization = model.fusion_regularization_loss()
             if not isinstance(regularization, float):
                 loss = loss + tf.cast(regularization, loss.dtype) / replicas
@@ -555,14 +603,6 @@ def make_train_step(model, optimizer, trainable, is_regression: bool, global_bat
         return loss
 
     return train_step
-
-
-def load_examples(args: TrainingArgs, task, split: str):
-    from adapter_bert.glue.data import read_glue_tsv, read_tfds_examples
-
-    if args.data_dir is not None:
-        return read_glue_tsv(task, args.data_dir, split)
-    return read_tfds_examples(task, split)
 
 
 def run(args: TrainingArgs) -> dict:
@@ -586,33 +626,26 @@ def train(args: TrainingArgs):
     import tensorflow as tf
 
     from adapter_bert import load_tokenizer
-    from adapter_bert.glue.data import encode_examples, label_array, make_dataset, num_batches
-    from adapter_bert.glue.tasks import get_task
+    from adapter_bert.glue.data import num_batches
+    from adapter_bert.objectives import objective_for
 
-    task = get_task(args.task)
+    objective = objective_for(args)
     wall_start = time.perf_counter()
     tokenizer = load_tokenizer(args.casing)
     if args.max_seq_length > tokenizer.max_positions:
         raise ValueError(f"--max_seq_length {args.max_seq_length} is above the model's "
                          f"{tokenizer.max_positions} positions")
-    train_examples = load_examples(args, task, "train")
-    if args.max_train_examples:
-        # The same subset for every --seed, so seeds differ only in initialisation and order.
-        order = np.random.default_rng(0).permutation(len(train_examples))
-        train_examples = [train_examples[i] for i in sorted(order[:args.max_train_examples])]
-    dev_examples = load_examples(args, task, "dev")
+    objective.load(tokenizer)
     strategy = make_strategy(args.strategy, args.tpu, args.worker_hosts, args.task_index)
     chief = is_chief(strategy)
     out = _prepare_output_dir(args) if chief else args.output_dir
 
-    train_encoded = encode_examples(tokenizer, train_examples, args.max_seq_length)
-    train_labels = label_array(task, train_examples)
-    dev_encoded = encode_examples(tokenizer, dev_examples, args.max_seq_length)
-    dev_labels = label_array(task, dev_examples)
-
     replicas = strategy.num_replicas_in_sync
     static_shapes = args.strategy == "tpu"
-    steps_per_epoch = num_batches(len(train_examples), args.batch_size, drop_remainder=static_shapes)
+    steps_per_epoch = num_batches(objective.num_train, args.batch_size, drop_remainder=static_shapes)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{objective.num_train} training examples make no full batch of "
+                         f"{args.batch_size}")
     total_steps = steps_per_epoch * args.epochs
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
@@ -621,7 +654,7 @@ def train(args: TrainingArgs):
 
     keras.utils.set_random_seed(args.seed)
     with strategy.scope():
-        model = build_model(args, task)
+        model = build_model(args, objective)
         # Gathering the real tokens gives data-dependent shapes, which TPUs cannot compile.
         model.bert.skip_padding = not static_shapes
         schedule, optimizer = make_optimizer(args, total_steps)
@@ -635,7 +668,6 @@ def train(args: TrainingArgs):
              "step": tf.Variable(0, dtype=tf.int64, trainable=False),
              "train_seconds": tf.Variable(0.0, dtype=tf.float64, trainable=False),
              "train_examples": tf.Variable(0, dtype=tf.int64, trainable=False)}
-    head = model.heads[task.name]
     checkpoint = tf.train.Checkpoint(
         trainable={f"v{i}": v for i, v in enumerate(trainable)}, optimizer=optimizer,
         seeds={f"s{i}": v for i, v in enumerate(seeds)}, **state)
@@ -648,11 +680,10 @@ def train(args: TrainingArgs):
         print(f"resuming from {latest} at step {int(state['step'].numpy())}", file=sys.stderr)
     global_batch = args.batch_size
 
-    train_step = make_train_step(model, optimizer, trainable, task.is_regression, global_batch,
+    train_step = make_train_step(model, optimizer, trainable, objective.loss(global_batch),
                                  replicas)
 
     spec = tf.TensorSpec([None, None], tf.int32)
-    label_spec = tf.TensorSpec([None], tf.float32 if task.is_regression else tf.int32)
 
     def distributed_step(inputs, labels):
         losses = strategy.run(train_step, args=(inputs, labels))
@@ -661,20 +692,8 @@ def train(args: TrainingArgs):
     def predict(inputs):
         return model(inputs, training=False)
 
-    id_spec = [{"input_ids": spec, "attention_mask": spec, "token_type_ids": spec}]
+    id_spec = [{name: spec for name in objective.input_names}]
     predict_step = tf.function(predict, input_signature=id_spec)
-
-    def evaluate(encoded, labels):
-        dataset = make_dataset(encoded, None, args.eval_batch_size or 2 * args.batch_size,
-                               padding=args.padding, max_seq_length=args.max_seq_length)
-        outputs = []
-        for inputs, _ in dataset:
-            outputs.append(predict_step(inputs).numpy())
-        logits = np.concatenate(outputs)
-        predictions = logits[:, 0] if task.is_regression else logits.argmax(-1)
-        return predictions
-
-    from adapter_bert.glue.metrics import compute_metrics
 
     writer = (tf.summary.create_file_writer(str(out / "logs")) if chief
               else tf.summary.create_noop_writer())
@@ -688,7 +707,7 @@ def train(args: TrainingArgs):
     while step < total_steps:
         epoch = step // steps_per_epoch
         skip = step - epoch * steps_per_epoch
-        dataset = training_dataset(args, train_encoded, train_labels, epoch, static_shapes)
+        dataset = objective.train_dataset(epoch, static_shapes)
         dataset = dataset.skip(skip).take(total_steps - step)
         distributed = strategy.experimental_distribute_dataset(dataset)
         if compiled_step is None:
@@ -710,7 +729,7 @@ def train(args: TrainingArgs):
                 tf.summary.scalar("train/learning_rate", float(schedule(step)))
             end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
             if step % eval_every == 0 or end_of_epoch:
-                metrics = compute_metrics(task, evaluate(dev_encoded, dev_labels), dev_labels)
+                metrics = objective.dev_metrics(predict_step)
                 entry = {"epoch": round(step / steps_per_epoch, 4), "step": step, "dev": metrics}
                 history.append(entry)
                 print(f"dev at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
@@ -718,13 +737,13 @@ def train(args: TrainingArgs):
                 with writer.as_default(step=step):
                     for k, v in metrics.items():
                         tf.summary.scalar(f"dev/{k}", v)
-                if best is None or metrics[task.main_metric] > best["dev"][task.main_metric]:
+                if objective.improves(metrics, best):
                     best = entry
                     if chief:
-                        save_trained(model, args, task, out)
+                        save_trained(model, args, out)
                     else:
                         best_weights = {k: v.numpy().copy()
-                                        for k, v in trained_variables(model, args, task).items()}
+                                        for k, v in trained_variables(model, args).items()}
                 state["history"].assign(json.dumps(history))
                 state["best"].assign(json.dumps(best))
             if step % checkpoint_every == 0 or end_of_epoch:
@@ -733,7 +752,8 @@ def train(args: TrainingArgs):
 
     setup = resolve_setup(args)
     results = {
-        "task": task.name, "method": "fusion" if args.fusion else (
+        "task": objective.task_name, "adapter_name": args.name,
+        "method": "fusion" if args.fusion else (
             args.method or ("custom" if args.adapter_config else "houlsby")),
         "adapter_config": None if args.fusion else resolve_adapter_config(args, model.config.hidden_size),
         "adapter_setup": str(setup),
@@ -743,7 +763,7 @@ def train(args: TrainingArgs):
         "loaded_adapters": [{"name": n, "path": str(p)}
                             for n, p in zip(loaded_adapter_names(args), args.load_adapters)],
         "epochs": history, "best": best, "final": history[-1] if history else None,
-        "main_metric": task.main_metric,
+        "main_metric": objective.main_metric,
         "trainable_params": int(sum(np.prod(v.shape) for v in trainable)),
         "total_params": int(sum(np.prod(v.shape) for v in model.weights)),
         "train_examples_per_second": float(state["train_examples"].numpy())
@@ -755,20 +775,22 @@ def train(args: TrainingArgs):
     if not chief:
         shutil.rmtree(worker_dir, ignore_errors=True)
         if best_weights is not None:
-            for key, variable in trained_variables(model, args, task).items():
+            for key, variable in trained_variables(model, args).items():
                 variable.assign(best_weights[key])
         return results, model
     if (out / trained_dir(args)).is_dir():
-        reload_trained(model, args, task, out)  # the best epoch, not the last
+        reload_trained(model, args, out)  # the best epoch, not the last
         # A traced function keeps the variables it was traced with: trace anew for the reloaded
-        # adapter and head (evaluate, a closure, reads this name).
-        predict_step = tf.function(predict, input_signature=id_spec)  # noqa: F841
+        # adapter and head.
+        predict_step = tf.function(predict, input_signature=id_spec)
     if args.load_adapters:
         model.save_adapter_setup(out / "setup", setup)
-    if args.predict_test:
-        results["predictions"] = _predict_test_sets(args, task, model, tokenizer, out, evaluate)
-    if args.export:
-        results["export"] = str(_export(args, task, model, tokenizer, out).relative_to(out))
+    if args.predict_test and objective.writes_predictions:
+        results["predictions"] = _predict_test_sets(args, objective, model, tokenizer, out,
+                                                    predict_step)
+    if args.export and objective.exports:
+        results["export"] = str(_export(args, objective.task, model, tokenizer, out)
+                                .relative_to(out))
     write_json(out / "results.json", results)
     return results, model
 
@@ -777,10 +799,10 @@ def _export(args, task, model, tokenizer, out: Path) -> Path:
     """The active (best) adapter as a SavedModel in `<out>/export/<version>/` (TF Serving's layout)."""
     from adapter_bert.export import export_saved_model
 
-    path = export_saved_model(model, out / "export", task.name, tokenizer,
+    path = export_saved_model(model, out / "export", args.name, tokenizer,
                               max_seq_length=args.max_seq_length,
-                              pair_tasks=[task.name] if task.text_b else [],
-                              merge=args.merge_for_serving, setups={task.name: resolve_setup(args)})
+                              pair_tasks=[args.name] if task.text_b else [],
+                              merge=args.merge_for_serving, setups={args.name: resolve_setup(args)})
     print(f"SavedModel: {path}", file=sys.stderr)
     return path
 
@@ -794,17 +816,20 @@ def export_only(args: TrainingArgs) -> dict:
     model = AdapterBertModel.from_pretrained(args.casing)
     for path in args.load_adapters + args.fusion:
         model.load_adapter(path, with_head=False)
-    reload_trained(model, args, task, out)
+    reload_trained(model, args, out)
     path = _export(args, task, model, load_tokenizer(args.casing), out)
-    return {"task": task.name, "export": str(path.relative_to(out))}
+    return {"task": task.name, "adapter_name": args.name, "export": str(path.relative_to(out))}
 
 
-def _predict_test_sets(args, task, model, tokenizer, out: Path, evaluate) -> list[str]:
+def _predict_test_sets(args, objective, model, tokenizer, out: Path, predict_step) -> list[str]:
     """GLUE test predictions of the active (best) adapter, in the benchmark's submission format."""
     from adapter_bert.glue.data import encode_examples
     from adapter_bert.glue.submission import write_submission
     from adapter_bert.glue.tasks import TASKS
 
+    from adapter_bert.objectives import load_examples
+
+    task = objective.task
     written = []
     targets = [(task, split) for split in task.test_splits]
     targets += [(t, s) for t in TASKS.values() if t.prediction_only and t.model_task == task.name
@@ -815,7 +840,8 @@ def _predict_test_sets(args, task, model, tokenizer, out: Path, evaluate) -> lis
         except (FileNotFoundError, ValueError) as e:
             print(f"no {target.name} {split} predictions: {e}", file=sys.stderr)
             continue
-        predictions = evaluate(encode_examples(tokenizer, examples, args.max_seq_length), None)
+        predictions = objective.predict(predict_step,
+                                        encode_examples(tokenizer, examples, args.max_seq_length))
         path = write_submission(target, split, [e.guid for e in examples], predictions,
                                 out / "predictions")
         written.append(str(path.relative_to(out)))

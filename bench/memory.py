@@ -55,18 +55,19 @@ def child(method: str, task: str, steps: int, padding: str) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from adapter_bert.glue.tasks import get_task
+    from adapter_bert.objectives import objective_for
     from adapter_bert.training import build_model, make_optimizer, make_train_step
 
     args = common.training_args(method, task)
     batches = heaviest_batches(task, padding, steps)
     keras.utils.set_random_seed(0)
-    model = build_model(args, get_task(task))
+    objective = objective_for(args)
+    model = build_model(args, objective)
     loaded_mb = common.peak_rss_mb()
     _, optimizer = make_optimizer(args, total_steps=1000)
     trainable = model.trainable_weights
     optimizer.build(trainable)
-    step = tf.function(make_train_step(model, optimizer, trainable, False, 32), reduce_retracing=True)
+    step = tf.function(make_train_step(model, optimizer, trainable, objective.loss(32)), reduce_retracing=True)
     for inputs, labels in batches:
         float(step(inputs, labels))
 

@@ -89,18 +89,19 @@ def make_step(method: str, task: str, skip_padding: bool = True):
     import numpy as np
     import tensorflow as tf
 
-    from adapter_bert.glue.tasks import get_task
+    from adapter_bert.objectives import objective_for
     from adapter_bert.training import build_model, make_optimizer, make_train_step
 
     args = common.training_args(method, task)
     keras.utils.set_random_seed(0)
-    model = build_model(args, get_task(task))
+    objective = objective_for(args)
+    model = build_model(args, objective)
     model.bert.skip_padding = skip_padding
     _, optimizer = make_optimizer(args, total_steps=1000)
     trainable = model.trainable_weights
     optimizer.build(trainable)
     spec = tf.TensorSpec([None, None], tf.int32)
-    step = tf.function(make_train_step(model, optimizer, trainable, False, args.batch_size),
+    step = tf.function(make_train_step(model, optimizer, trainable, objective.loss(args.batch_size)),
                        input_signature=[{k: spec for k in ("input_ids", "attention_mask", "token_type_ids")},
                                         tf.TensorSpec([None], tf.int32)])
     counts = {"trainable_params": int(sum(np.prod(v.shape) for v in trainable)),

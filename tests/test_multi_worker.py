@@ -19,13 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 WORKER = r"""
 import json, os, sys
 import numpy as np
-from adapter_bert.glue import get_task
 from adapter_bert.training import TrainingArgs, train, trained_variables
 spec = json.loads(sys.argv[1])
 index = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
 args = TrainingArgs(**spec["args"])
 results, model = train(args)
-weights = {k: v.numpy() for k, v in trained_variables(model, args, get_task(args.task)).items()}
+weights = {k: v.numpy() for k, v in trained_variables(model, args).items()}
 np.savez(os.path.join(spec["dump"], f"{spec['name']}_{index}.npz"), **weights)
 print("REPLICAS", results["replicas"])
 """
