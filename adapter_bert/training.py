@@ -599,7 +599,9 @@ def make_train_step(model, optimizer, trainable, loss, replicas: int = 1):
                 loss = loss + tf.cast(regularization, loss.dtype) / replicas
             scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
         grads = tape.gradient(scaled, trainable)
-        optimizer.apply_gradients(zip(grads, trainable))
+        # Some trained weights get no gradient from a given head (a ReFT unit for suffix
+        # positions a CLS head never reads): they stay as they are, without Keras' warning.
+        optimizer.apply_gradients([(g, v) for g, v in zip(grads, trainable) if g is not None])
         return loss
 
     return train_step

@@ -2,10 +2,13 @@
 
     python bench/accuracy.py [--tasks mrpc,sst2] [--methods houlsby,...,full] [--seeds 0,1,2]
                              [--learning_rate LR] [--bottleneck_size N] [--out /tmp/adapter_bert_bench]
+    python bench/accuracy.py --tasks mrpc --methods compacter,...,direft --mrpc_train_examples 1000 \
+                             --epochs 2 --out /tmp/adapter_bert_bench/checks/newer_methods
 
 Each (task, method, seed) is one run of the training command, in a child process:
 
-    python run_tf_adapter_bert.py --casing all-minilm-l6-v2 --task T --method M
+    python run_tf_adapter_bert.py --casing all-minilm-l6-v2 --task T --method M (or
+        --adapter_config M for the newer methods, which have no preset)
         [--bottleneck_size 32 for houlsby] --pooling mean --batch_size 32 --max_seq_length 128
         --bucket_boundaries 32,48,64,96,128 --learning_rate LR(M) --warmup_ratio 0.1 --epochs E
         --seed S --data_dir ../shared/data/glue/<T> --nopredict_test --noexport
@@ -51,8 +54,9 @@ def run_command(task: str, method: str, seed: int, epochs: int, out: Path,
     if bottleneck_size is not None:
         overrides["bottleneck_size"] = bottleneck_size
     args = common.training_args(method, task, **overrides)
+    chosen = f"--method={method}" if args.method else f"--adapter_config={args.adapter_config}"
     command = [sys.executable, str(common.REPO / "run_tf_adapter_bert.py"),
-               f"--casing={args.casing}", f"--task={task}", f"--method={method}",
+               f"--casing={args.casing}", f"--task={task}", chosen,
                f"--pooling={args.pooling}", f"--batch_size={args.batch_size}",
                f"--max_seq_length={args.max_seq_length}",
                "--bucket_boundaries=" + ",".join(map(str, common.BUCKETS)),
@@ -91,10 +95,12 @@ def collect(task: str, method: str, runs: list[dict]) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default="mrpc,sst2")
-    parser.add_argument("--methods", default=",".join(common.METHODS))
+    parser.add_argument("--methods", default=",".join(common.PRESETS))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--sst2_train_examples", type=int, default=2000)
+    parser.add_argument("--mrpc_train_examples", type=int, default=None,
+                        help="train MRPC on a fixed subset of this many pairs (default: all)")
     parser.add_argument("--learning_rate", type=float, default=None,
                         help="one rate for every method instead of the presets' (for checks)")
     parser.add_argument("--bottleneck_size", type=int, default=None,
@@ -121,7 +127,8 @@ def main(argv=None) -> int:
 
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     report = {"benchmark": "accuracy", "machine": common.machine(), "epochs": args.epochs,
-              "sst2_train_examples": args.sst2_train_examples, "seeds": seeds,
+              "sst2_train_examples": args.sst2_train_examples,
+              "mrpc_train_examples": args.mrpc_train_examples, "seeds": seeds,
               "learning_rates": {m: common.LEARNING_RATES[m] if args.learning_rate is None else args.learning_rate
                                  for m in methods},
               "command": " ".join([sys.executable] + sys.argv), "tasks": {}}
@@ -135,7 +142,8 @@ def main(argv=None) -> int:
                 if not results_file.is_file():
                     if args.collect_only:
                         continue
-                    examples = args.sst2_train_examples if task == "sst2" else None
+                    examples = (args.sst2_train_examples if task == "sst2"
+                                else args.mrpc_train_examples)
                     command = run_command(task, method, seed, args.epochs, run_dir, examples,
                                           args.learning_rate, args.bottleneck_size)
                     print(f"[{time.strftime('%H:%M:%S')}] {task} {method} seed {seed}: "

@@ -24,11 +24,22 @@ REPO = Path(__file__).resolve().parents[1]
 GLUE_DIR = REPO.parent / "shared" / "data" / "glue"
 DATA_DIRS = {"mrpc": GLUE_DIR / "MRPC", "sst2": GLUE_DIR / "SST-2"}
 DEFAULT_OUT = Path("/tmp/adapter_bert_bench")
-# The methods issue 6 compares, in the order of the report's tables.
-METHODS = ("houlsby", "pfeiffer", "parallel", "lora", "ia3", "prefix", "bitfit", "full")
+# The `--method` presets the first benchmarks compare, in the order of the report's tables.
+PRESETS = ("houlsby", "pfeiffer", "parallel", "lora", "ia3", "prefix", "bitfit", "full")
+# The newer methods, run by their config identifiers (`--adapter_config`, the library defaults),
+# here and in the adapters library (`bench/peers.py --systems adapters:<identifier>`).
+NEWER_METHODS = ("compacter", "compacter++", "seq_bn_inv", "double_seq_bn_inv", "prompt_tuning",
+                 "unipelt", "dora", "vera", "loreft", "noreft", "direft")
+METHODS = PRESETS + NEWER_METHODS
 # Learning rates of flags/methods/*.flags; Houlsby uses bottleneck 32 as in the paper's command.
+# The newer methods' rates are in the range their papers use for GLUE-sized tasks (Compacter
+# 3e-3; prompt tuning, with few weights, higher; VeRA's scaling vectors higher still; ReFT 2e-3),
+# the same for our runs and the library's.
 LEARNING_RATES = {"houlsby": 1e-3, "pfeiffer": 1e-3, "parallel": 1e-3, "lora": 5e-4, "ia3": 3e-3,
-                  "prefix": 5e-4, "bitfit": 1e-3, "full": 5e-5}
+                  "prefix": 5e-4, "bitfit": 1e-3, "full": 5e-5,
+                  "compacter": 3e-3, "compacter++": 3e-3, "seq_bn_inv": 1e-3,
+                  "double_seq_bn_inv": 1e-3, "prompt_tuning": 1e-2, "unipelt": 5e-4, "dora": 5e-4,
+                  "vera": 5e-3, "loreft": 2e-3, "noreft": 2e-3, "direft": 2e-3}
 BUCKETS = (32, 48, 64, 96, 128)
 
 if str(REPO) not in sys.path:
@@ -83,7 +94,9 @@ def training_args(method: str, task: str = "mrpc", **overrides):
     """The `TrainingArgs` of one benchmark run: the packaged MiniLM, batch 32, each method's lr."""
     from adapter_bert.training import TrainingArgs
 
-    values = dict(task=task, casing="all-minilm-l6-v2", data_dir=str(DATA_DIRS[task]), method=method,
+    preset = method in PRESETS
+    values = dict(task=task, casing="all-minilm-l6-v2", data_dir=str(DATA_DIRS[task]),
+                  method=method if preset else None, adapter_config=None if preset else method,
                   bottleneck_size=32 if method == "houlsby" else None,
                   learning_rate=LEARNING_RATES[method], batch_size=32, max_seq_length=128,
                   pooling="mean", warmup_ratio=0.1, predict_test=False, export=False, log_every=50)

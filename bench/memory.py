@@ -85,7 +85,7 @@ def child(method: str, task: str, steps: int, padding: str) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="mrpc", choices=sorted(common.DATA_DIRS))
-    parser.add_argument("--methods", default=",".join(common.METHODS))
+    parser.add_argument("--methods", default=",".join(common.PRESETS))
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--paddings", default=",".join(PADDINGS))
     parser.add_argument("--out", type=Path, default=common.DEFAULT_OUT)

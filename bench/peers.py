@@ -3,6 +3,11 @@
     python bench/peers.py --mode throughput --task mrpc [--steps 30] [--padding dynamic,fixed]
     python bench/peers.py --mode accuracy --task mrpc [--epochs 3] [--seeds 0,1,2]
     python bench/peers.py --mode accuracy --task sst2 --train_subsample 8000 --epochs 1
+    python bench/peers.py --mode accuracy --systems adapters:compacter,adapters:loreft \
+        --project_subset 1000 --epochs 2 --padding dynamic
+
+`adapters:<identifier>` runs any config of the adapters library's table at its defaults, at the
+learning rate `bench/common.py` gives adapter_bert's run of the same identifier.
 
 Options shared by both modes: `--systems adapters_houlsby,peft_lora,torch_full`, `--threads 2`,
 `--batch_size 32`, `--max_seq_length 128`, `--glue_dir ../shared/data/glue`,
@@ -46,6 +51,7 @@ PINS = [TORCH_PIN, TRANSFORMERS_PIN, ADAPTERS_PIN, PEFT_PIN, SKLEARN_PIN]
 MARKER_NAME = "adapter_bert_peers_pins.json"
 
 SYSTEMS = ("adapters_houlsby", "peft_lora", "torch_full")
+LIBRARY_PREFIX = "adapters:"
 PADDINGS = ("dynamic", "fixed")
 TASKS = ("mrpc", "sst2")
 
@@ -135,8 +141,13 @@ def run_worker(python: Path, args: argparse.Namespace, ckpt: str, system: str, j
                "--system", system, "--ckpt_dir", ckpt, "--glue_dir", args.glue_dir,
                "--paddings", args.padding, "--steps", str(args.steps), "--epochs", str(args.epochs),
                "--seed", str(seed), "--train_subsample", str(args.train_subsample),
+               "--project_subset", str(args.project_subset),
                "--threads", str(args.threads), "--batch_size", str(args.batch_size),
                "--max_seq_length", str(args.max_seq_length), "--json_out", str(json_out)]
+    if system.startswith(LIBRARY_PREFIX):
+        from common import LEARNING_RATES
+
+        command += ["--learning_rate", str(LEARNING_RATES[system[len(LIBRARY_PREFIX):]])]
     if args.batches_npz:
         command += ["--batches_npz", str(Path(args.batches_npz).resolve()), "--rounds", str(args.rounds)]
     log(f"running {system} seed {seed}")
@@ -165,7 +176,8 @@ def finished_accuracy_run(json_out: Path, args: argparse.Namespace, seed: int) -
         return None
     if len(record.get("epochs", [])) != args.epochs:
         return None
-    if args.train_subsample and record.get("train_examples") != args.train_subsample:
+    subset = args.project_subset or args.train_subsample
+    if subset and record.get("train_examples") != subset:
         return None
     return record
 
@@ -250,6 +262,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--train_subsample", type=int, default=0,
                         help="train on this many examples (a fixed seed-0 shuffle); 0 = all")
+    parser.add_argument("--project_subset", type=int, default=0,
+                        help="train on the subset adapter_bert's --max_train_examples picks")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--max_seq_length", type=int, default=128)
@@ -262,9 +276,13 @@ def parse_args() -> argparse.Namespace:
                              "saved (its train_batches.npz), every padding in it")
     parser.add_argument("--setup_only", action="store_true", help="build the venv and stop")
     args = parser.parse_args()
+    from common import NEWER_METHODS, PRESETS
+
     for system in args.systems.split(","):
-        if system not in SYSTEMS:
-            parser.error(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")
+        identifier = system[len(LIBRARY_PREFIX):] if system.startswith(LIBRARY_PREFIX) else None
+        if system not in SYSTEMS and identifier not in NEWER_METHODS + PRESETS:
+            parser.error(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)} or "
+                         f"{LIBRARY_PREFIX}<one of {', '.join(NEWER_METHODS)}>")
     for padding in args.padding.split(","):
         if padding not in PADDINGS:
             parser.error(f"unknown padding {padding!r}; choose from {', '.join(PADDINGS)}")

@@ -10,6 +10,8 @@ per run. Systems, all on BertForSequenceClassification over the packaged MiniLM 
 * adapters_houlsby: the `adapters` library's double_seq_bn (Houlsby) adapters, bottleneck 32.
 * peft_lora: `peft` LoRA, r=8, alpha=8, on query and value.
 * torch_full: every parameter trained.
+* adapters:<identifier>: any config of the `adapters` library's table by its identifier
+  (`adapters:compacter`, `adapters:loreft`, ...), at the library's defaults, at `--learning_rate`.
 
 Modes: `throughput` times `steps` train steps (after 3 warmup steps) on the first batches of the
 seed-0 shuffle for each padding; `accuracy` trains `epochs` epochs and evaluates on dev after each;
@@ -37,6 +39,23 @@ WARMUP_STEPS = 3
 EVAL_BATCH_SIZE = 64
 WARMUP_RATIO = 0.1
 LEARNING_RATES = {"adapters_houlsby": 1e-3, "peft_lora": 5e-4, "torch_full": 5e-5}
+LIBRARY_PREFIX = "adapters:"
+
+
+def learning_rate(system: str, given: float | None) -> float:
+    """The system's rate: `--learning_rate` where given, else the fixed systems' own."""
+    if given is not None:
+        return given
+    if system not in LEARNING_RATES:
+        raise SystemExit(f"{system} needs --learning_rate")
+    return LEARNING_RATES[system]
+
+
+def check_system(system: str) -> str:
+    if system in LEARNING_RATES or (system.startswith(LIBRARY_PREFIX) and len(system) > len(LIBRARY_PREFIX)):
+        return system
+    raise argparse.ArgumentTypeError(f"unknown system {system!r}; choose from "
+                                     f"{', '.join(LEARNING_RATES)} or {LIBRARY_PREFIX}<identifier>")
 # 384 // 12 = 32: the adapters library sizes the bottleneck as hidden_size // reduction_factor.
 ADAPTER_BOTTLENECK = 32
 LORA_RANK = 8
@@ -83,6 +102,26 @@ def read_examples(glue_dir: str, task: str, split: str) -> list:
         # Quality, #1 ID, #2 ID, #1 String, #2 String
         return [(row[3], row[4], int(row[0])) for row in rows]
     return [(row[0], None, int(row[1])) for row in rows]
+
+
+def project_subset(examples: list, size: int) -> list:
+    """The subset adapter_bert's `--max_train_examples` trains on: the first `size` indices of
+    numpy's seed-0 permutation, in file order."""
+    if size <= 0 or size >= len(examples):
+        return examples
+    order = np.random.default_rng(0).permutation(len(examples))
+    return [examples[index] for index in sorted(order[:size])]
+
+
+def add_library_adapter(model, adapter_name: str, identifier: str):
+    """Adds a trainable adapter of the `adapters` library's table (by identifier) and freezes the
+    rest, as the library's own training does."""
+    import adapters
+
+    adapters.init(model)
+    model.add_adapter(adapter_name, config=identifier)
+    model.train_adapter(adapter_name)
+    return model
 
 
 def subsample(examples: list, size: int) -> list:
@@ -166,6 +205,8 @@ def build_model(system: str, ckpt_dir: str, task: str):
         model = add_houlsby_adapters(model, task)
     elif system == "peft_lora":
         model = add_lora(model)
+    elif system.startswith(LIBRARY_PREFIX):
+        model = add_library_adapter(model, task, system[len(LIBRARY_PREFIX):])
     elif system != "torch_full":
         raise ValueError(f"unknown system {system!r}")
     model.train()  # from_pretrained returns eval mode; dropout is meant to be on while training
@@ -271,7 +312,7 @@ def measure_throughput(args, system: str, model_factory, features: list, pad_id:
         seed_everything(0)
         model = model_factory()
         # A long schedule, so the learning rate never reaches zero within the timed steps.
-        optimizer, scheduler = make_optimizer(model, LEARNING_RATES[system], 1000)
+        optimizer, scheduler = make_optimizer(model, learning_rate(system, args.learning_rate), 1000)
         if shared:
             # adapter_bert's own benchmark batches: one untimed pass over them, then timed
             # passes, as bench/train_throughput.py does.
@@ -346,7 +387,7 @@ def profile_step(args, system: str, model_factory) -> dict:
     batches = load_shared_batches(args.batches_npz)[padding]
     seed_everything(0)
     model = model_factory()
-    optimizer, scheduler = make_optimizer(model, LEARNING_RATES[system], 1000)
+    optimizer, scheduler = make_optimizer(model, learning_rate(system, args.learning_rate), 1000)
     for _ in range(2):  # as bench/profile_step.py: two untimed passes, one timed, one profiled
         for batch in batches:
             train_step(model, optimizer, scheduler, batch)
@@ -404,7 +445,7 @@ def train_and_evaluate(args, system: str, model, train: list, dev: list, pad_id:
     padding = args.paddings.split(",")[0]
     generator = torch.Generator().manual_seed(args.seed)
     steps_per_epoch = math.ceil(len(train) / args.batch_size)
-    optimizer, scheduler = make_optimizer(model, LEARNING_RATES[system],
+    optimizer, scheduler = make_optimizer(model, learning_rate(system, args.learning_rate),
                                           steps_per_epoch * args.epochs)
     epochs = []
     train_seconds = 0.0
@@ -450,7 +491,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=("throughput", "accuracy", "profile"), required=True)
     parser.add_argument("--task", choices=tuple(TASK_DIRS), required=True)
-    parser.add_argument("--system", choices=tuple(LEARNING_RATES), required=True)
+    parser.add_argument("--system", type=check_system, required=True)
+    parser.add_argument("--learning_rate", type=float, default=None)
     parser.add_argument("--ckpt_dir", required=True)
     parser.add_argument("--glue_dir", required=True)
     parser.add_argument("--json_out", required=True)
@@ -462,6 +504,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train_subsample", type=int, default=0)
+    parser.add_argument("--project_subset", type=int, default=0,
+                        help="train on adapter_bert's --max_train_examples subset of this size")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--max_seq_length", type=int, default=128)
@@ -476,8 +520,9 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.ckpt_dir)
-    train_examples = subsample(read_examples(args.glue_dir, args.task, "train"),
-                               args.train_subsample)
+    train_examples = read_examples(args.glue_dir, args.task, "train")
+    train_examples = (project_subset(train_examples, args.project_subset) if args.project_subset
+                      else subsample(train_examples, args.train_subsample))
     train = tokenize(tokenizer, train_examples, args.max_seq_length)
     log(f"{args.task}: {len(train)} train examples, system {args.system}, "
         f"{args.threads} threads")
@@ -491,9 +536,11 @@ def main() -> int:
     params = count_params(model)
     log(f"trainable {params['trainable']:,} of {params['total']:,}: {params['trainable_by_part']}")
     record = {"system": args.system, "task": args.task, "mode": args.mode, "seed": args.seed,
-              "learning_rate": LEARNING_RATES[args.system], "threads": args.threads,
+              "learning_rate": learning_rate(args.system, args.learning_rate), "threads": args.threads,
               "batch_size": args.batch_size, "max_seq_length": args.max_seq_length,
               "train_examples": len(train), "params": params, "versions": versions()}
+    if args.system.startswith(LIBRARY_PREFIX):
+        record["active_adapters"] = str(model.active_adapters)
     if args.system == "adapters_houlsby":
         record["adapter_bottleneck"] = adapter_bottleneck(model)
         record["active_adapters"] = str(model.active_adapters)

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs every benchmark of docs/RESULTS.md one after another (never two at once: 2 cores), then
 # draws the report. Usage: bash bench/run_all.sh [OUT]   (default /tmp/adapter_bert_bench)
-# Needs the bench extra: pip install -e ".[bench]". About 5-6 hours on 2 cores, mostly accuracy.
+# Needs the bench extra: pip install -e ".[bench]". About 7 hours on 2 cores, mostly accuracy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-/tmp/adapter_bert_bench}"
 export HF_HUB_OFFLINE=1
 
-python bench/train_throughput.py --steps 5 --rounds 5 --out "$OUT"
+python bench/train_throughput.py --methods houlsby,pfeiffer,parallel,lora,ia3,prefix,bitfit,full \
+    --steps 5 --rounds 5 --out "$OUT"
 python bench/peers.py --mode throughput --task mrpc --batches_npz "$OUT/train_batches.npz" --rounds 5 --out "$OUT/peers"
 python bench/inference.py --rounds 5 --out "$OUT"
 python bench/memory.py --steps 4 --out "$OUT"
@@ -27,4 +28,15 @@ python bench/accuracy.py --tasks sst2 --methods houlsby --bottleneck_size 256 --
 python bench/composition_runs.py --seeds 0,1,2 --out "$OUT/stacking"
 python bench/mixed_serving.py --rounds 5 --out "$OUT"
 python bench/mixed_serving.py --rounds 5 --methods houlsby,pfeiffer,lora,prefix --out "$OUT/mixed_methods"
+# The newer methods beside the adapters library's runs of the same identifiers.
+NEWER=compacter,compacter++,seq_bn_inv,double_seq_bn_inv,prompt_tuning,unipelt,dora,vera,loreft,noreft,direft
+LIBRARY=$(printf 'adapters:%s,' ${NEWER//,/ }); LIBRARY=${LIBRARY%,}
+python bench/train_throughput.py --methods "houlsby,$NEWER" --paddings dynamic --steps 5 --rounds 3 --out "$OUT/newer"
+python bench/peers.py --mode throughput --systems "adapters_houlsby,$LIBRARY" --padding dynamic \
+    --batches_npz "$OUT/newer/train_batches.npz" --rounds 3 --out "$OUT/newer/peers"
+python bench/accuracy.py --tasks mrpc --methods "$NEWER" --mrpc_train_examples 1000 --epochs 2 \
+    --out "$OUT/checks/newer_methods"
+python bench/peers.py --mode accuracy --systems "$LIBRARY" --project_subset 1000 --epochs 2 \
+    --padding dynamic --out "$OUT/newer/peers"
+python bench/newer_methods_report.py --results "$OUT"
 python bench/report.py --results "$OUT" --docs docs

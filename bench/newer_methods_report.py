@@ -1,0 +1,122 @@
+"""The newer methods beside the adapters library: one markdown table of speed and accuracy.
+
+    M=compacter,compacter++,seq_bn_inv,double_seq_bn_inv,prompt_tuning,unipelt,dora,vera,loreft,noreft,direft
+    python bench/train_throughput.py --methods houlsby,$M --paddings dynamic --steps 5 --rounds 3 \
+        --out /tmp/adapter_bert_bench/newer
+    python bench/peers.py --mode throughput --systems adapters_houlsby,adapters:compacter,... \
+        --batches_npz /tmp/adapter_bert_bench/newer/train_batches.npz --rounds 3 --padding dynamic \
+        --out /tmp/adapter_bert_bench/newer/peers
+    python bench/accuracy.py --tasks mrpc --methods $M --mrpc_train_examples 1000 --epochs 2 \
+        --out /tmp/adapter_bert_bench/checks/newer_methods
+    python bench/peers.py --mode accuracy --systems adapters:compacter,... --project_subset 1000 \
+        --epochs 2 --padding dynamic --out /tmp/adapter_bert_bench/newer/peers
+    python bench/newer_methods_report.py [--results /tmp/adapter_bert_bench]
+
+Both sides train the same MRPC pairs (adapter_bert's `--max_train_examples` subset) with the
+same batch, epochs, warmup and learning rate (`bench/common.py`), and the throughput of both is
+timed on the same saved batches. Prints the machine and versions, then the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import common
+
+
+def _read(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    values = [100 * v for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def library_records(peers: list[dict], mode: str) -> dict:
+    """{identifier: [records]} of the `adapters:<identifier>` runs (and Houlsby's)."""
+    found = {}
+    records = [r for p in peers for r in p.get("results", {}).get(f"{mode}_mrpc", {}).get("records", [])]
+    for record in records:
+        system = record["system"]
+        name = ("houlsby" if system == "adapters_houlsby"
+                else system.split(":", 1)[1] if system.startswith("adapters:") else None)
+        if name:
+            found.setdefault(name, []).append(record)
+    return found
+
+
+def our_accuracy(results: Path, method: str) -> list[dict]:
+    runs = sorted((results / "checks" / "newer_methods" / "accuracy_runs" / "mrpc" / method)
+                  .glob("seed*/mrpc/results.json"))
+    return [json.loads(f.read_text()) for f in runs]
+
+
+def render(results: Path) -> str:
+    ours_speed = _read(results / "newer" / "train_throughput.json")
+    # bench/run_all.sh keeps these runs in newer/peers; by hand they may be in peers/.
+    peers = [p for p in (_read(results / "newer" / "peers" / "peers.json"),
+                         _read(results / "peers" / "peers.json")) if p]
+    speed, accuracy = library_records(peers, "throughput"), library_records(peers, "accuracy")
+    lines = []
+    if ours_speed:
+        m = ours_speed["machine"]
+        lines.append(f"_Machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}; "
+                     f"python {m['python']}, tensorflow {m['tensorflow']}, keras {m['keras']}._")
+    if peers:
+        m = peers[0].get("machine", {})
+        lines.append(f"_Peers: torch {m.get('torch')}, transformers {m.get('transformers')}, "
+                     f"adapters {m.get('adapters')}._")
+    lines += ["", "| method | trainable (ours / library) | train ex/s dynamic (ours / library) "
+              "| speed-up | MRPC dev F1, final (ours) | (library) | seeds |",
+              "|---|---|---|---|---|---|---|"]
+    methods = ["houlsby"] + list(common.NEWER_METHODS)
+    for method in methods:
+        ours = (ours_speed or {}).get("methods", {}).get(method)
+        lib = speed.get(method, [None])[0]
+        ours_rate = ours["dynamic"]["examples_per_second"] if ours else None
+        lib_rate = next((r["examples_per_second"] for r in lib["throughput"]
+                         if r["padding"] == "dynamic"), None) if lib else None
+        ours_runs = our_accuracy(results, method)
+        lib_runs = accuracy.get(method, [])
+        trainable_ours = (ours or {}).get("trainable_params") or (
+            ours_runs[0]["trainable_params"] if ours_runs else None)
+        trainable_lib = (lib or (lib_runs[0] if lib_runs else None) or {}).get("params", {}).get("trainable")
+        lines.append(_row(method, trainable_ours, trainable_lib, ours_rate, lib_rate, ours_runs,
+                          lib_runs))
+    return "\n".join(lines)
+
+
+def _row(method, trainable_ours, trainable_lib, ours_rate, lib_rate, ours_runs, lib_runs) -> str:
+    def count(n):
+        return f"{n:,}" if n else "-"
+
+    def rate(r):
+        return f"{r:.1f}" if r else "-"
+
+    ratio = f"{ours_rate / lib_rate:.2f}x" if ours_rate and lib_rate else "-"
+    ours_f1 = _mean_std([r["final"]["dev"]["f1"] for r in ours_runs])
+    lib_f1 = _mean_std([r["final"]["f1"] for r in lib_runs])
+    seeds = f"{len(ours_runs)} / {len(lib_runs)}"
+    return (f"| {method} | {count(trainable_ours)} / {count(trainable_lib)} | "
+            f"{rate(ours_rate)} / {rate(lib_rate)} | {ratio} | {ours_f1} | {lib_f1} | {seeds} |")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=common.DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    print(render(args.results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
