@@ -83,7 +83,22 @@ flags.DEFINE_bool("export", True, "Write the best adapter as a SavedModel to <di
 flags.DEFINE_bool("export_only", False, "Only export the adapter trained earlier in the output directory.")
 flags.DEFINE_bool("merge_for_serving", False, "Merge LoRA / (IA)^3 into the base in the SavedModel.")
 flags.DEFINE_integer("log_every", 20, "Progress line every N steps.")
-flags.DEFINE_bool("overwrite", False, "Delete a previous run in the output directory first.")
+flags.DEFINE_bool("overwrite", False, "Replace a previous run in the output directory (deleted once "
+                  "this run has written its first checkpoint).")
+flags.DEFINE_bool("verbose", False, "Keep TensorFlow's, CUDA's and absl's start-up and INFO notices on stderr.")
+
+
+def _console():
+    """`adapter_bert/console.py`, loaded without the package: importing `adapter_bert` imports
+    TensorFlow, whose first notices the stderr filter must already catch."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "_adapter_bert_console", Path(__file__).resolve().parent / "adapter_bert" / "console.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def args_from_flags(values=FLAGS):
@@ -103,13 +118,25 @@ def args_from_flags(values=FLAGS):
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from adapter_bert.training import run
+        print(f"error: unexpected arguments: {' '.join(argv[1:])} (every option is a --flag; "
+              "--helpfull lists them)", file=sys.stderr)
+        sys.exit(2)
+    if not FLAGS.verbose:
+        _console().install_stderr_filter()
+        from adapter_bert.console import quiet_python_logging
+
+        quiet_python_logging()
+    from adapter_bert.io_utils import DirectoryBusyError
+    from adapter_bert.training import TrainingInterrupted, run
 
     try:
         args = args_from_flags()
         results = run(args)
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
+    except TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(130)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, TypeError,
+            DirectoryBusyError) as e:
         message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
@@ -122,5 +149,15 @@ def main(argv):
     print(f"results: {args.output_dir / 'results.json'}")
 
 
+def parse_flags(argv):
+    """absl's flag parsing, with a bad flag as one `error:` line and status 2 like every other
+    bad input (absl's own is a banner and status 1)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -23,6 +23,8 @@ setup(
         "scikit-learn>=1.5,<2",
         # GLUE's usual online source (glue/* datasets); imported only by read_tfds_examples.
         "tensorflow-datasets>=4.9,<5",
+        # tensorflow-datasets imports it to build GLUE but does not declare it.
+        "importlib-resources>=6,<8",
     ],
     extras_require={
         # tensorflow-serving-api: the tests build a PredictRequest for the exported SavedModel;

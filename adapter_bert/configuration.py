@@ -98,6 +98,10 @@ class AdapterConfig:
     def layers(self, num_layers: int) -> list[int]:
         """The layers of a `num_layers`-layer base this config acts on (all but `leave_out`)."""
         leave_out = set(self.get("leave_out") or ())
+        beyond = sorted(i for i in leave_out if i >= num_layers)
+        if beyond:
+            raise ValueError(f"leave_out {beyond} names layers a {num_layers}-layer model does not "
+                             f"have (0..{num_layers - 1})")
         return [i for i in range(num_layers) if i not in leave_out]
 
     def replace(self, **changes) -> "AdapterConfig":
@@ -415,6 +419,16 @@ _KEY = re.compile(r"^\s*([A-Za-z_]\w*)\s*=(.*)$", re.DOTALL)
 _OPEN, _CLOSE = "([{", ")]}"
 
 
+def quoted(text: str, limit: int = 200) -> str:
+    """`repr(text)`, cut to `limit` characters: errors quote what was typed, not 20 kB of it.
+
+    Example:
+    >>> len(quoted("x" * 300)), quoted("x" * 300)[-4:]
+    (205, "'...")
+    """
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
 def split_top_level(text: str, separator: str, what: str = "config string") -> list[str]:
     """Splits on `separator` outside brackets and quotes; unbalanced brackets are a ValueError.
 
@@ -437,12 +451,12 @@ def split_top_level(text: str, separator: str, what: str = "config string") -> l
         elif char in _CLOSE:
             depth -= 1
             if depth < 0:
-                raise ValueError(f"unbalanced {char!r} in {what} {text!r}")
+                raise ValueError(f"unbalanced {char!r} in {what} {quoted(text)}")
         elif char == separator and depth == 0:
             parts.append(text[start:i])
             start = i + 1
     if depth or quote:
-        raise ValueError(f"unbalanced brackets or quotes in {what} {text!r}")
+        raise ValueError(f"unbalanced brackets or quotes in {what} {quoted(text)}")
     parts.append(text[start:])
     return parts
 
@@ -450,7 +464,8 @@ def split_top_level(text: str, separator: str, what: str = "config string") -> l
 def _parse_single(text: str) -> AdapterConfig:
     match = _SINGLE.match(text)
     if not match:
-        raise ValueError(f"cannot parse adapter config {text.strip()!r}; expected name[key=value, ...]")
+        raise ValueError(f"cannot parse adapter config {quoted(text.strip())}; expected "
+                         "name[key=value, ...]")
     identifier, body = match.group(1), match.group(2)
     default = CONFIG_TABLE.default(identifier)
     kwargs = {}
@@ -458,13 +473,15 @@ def _parse_single(text: str) -> AdapterConfig:
         for item in split_top_level(body, ","):
             key_value = _KEY.match(item)
             if not key_value:
-                raise ValueError(f"expected key=value in {identifier}[...], got {item.strip()!r}")
+                raise ValueError(f"expected key=value in {identifier}[...], got {quoted(item.strip())}")
             key, raw = key_value.group(1), key_value.group(2).strip()
+            if key in kwargs:
+                raise ValueError(f"{key!r} is given twice in {identifier}[...]")
             try:
                 kwargs[key] = ast.literal_eval(raw)
             except (ValueError, SyntaxError):
                 raise ValueError(f"value of {key!r} in {identifier}[...] is not a Python literal: "
-                                 f"{raw!r}") from None
+                                 f"{quoted(raw)}") from None
     return default.replace(**kwargs)
 
 

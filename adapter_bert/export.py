@@ -148,7 +148,7 @@ def export_saved_model(model, export_dir: str | os.PathLike, tasks, tokenizer=No
             archive.add_endpoint("mixed", forward, input_signature=[spec, spec, spec, string])
             if in_graph is not None:
                 archive.add_endpoint("mixed_text", _mixed_text_signature(
-                    in_graph, forward, [t in pair_tasks for t in tasks], table),
+                    in_graph, forward, [t in pair_tasks for t in tasks], table, tasks[0]),
                     input_signature=[string, string, string])
         export_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=export_dir))
@@ -166,10 +166,35 @@ def export_saved_model(model, export_dir: str | os.PathLike, tasks, tokenizer=No
     return target
 
 
+def _checked(model, input_ids, attention_mask, token_type_ids):
+    """The id inputs, after checks a client's mistake would otherwise slip through silently:
+    masks and token types broadcast against ids of another shape, and a negative id gathers
+    some other row of the embeddings."""
+    import tensorflow as tf
+
+    cfg = model.bert.bert_config
+    checks = [
+        tf.debugging.assert_equal(tf.shape(attention_mask), tf.shape(input_ids), message=(
+            "attention_mask must have the shape of input_ids")),
+        tf.debugging.assert_equal(tf.shape(token_type_ids), tf.shape(input_ids), message=(
+            "token_type_ids must have the shape of input_ids")),
+        tf.debugging.assert_non_negative(input_ids, message="input_ids must be >= 0"),
+        tf.debugging.assert_less(input_ids, tf.constant(cfg.vocab_size, input_ids.dtype), message=(
+            f"input_ids must be below the vocabulary size {cfg.vocab_size}")),
+        tf.debugging.assert_non_negative(token_type_ids, message="token_type_ids must be >= 0"),
+        tf.debugging.assert_less(token_type_ids, tf.constant(cfg.type_vocab_size, token_type_ids.dtype),
+                                 message=f"token_type_ids must be below {cfg.type_vocab_size}"),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(input_ids), tf.identity(attention_mask), tf.identity(token_type_ids)
+
+
 def _id_signature(model, task, setup):
     """The id-input serving function of one task (a closure: no extra traced arguments)."""
 
     def forward(input_ids, attention_mask, token_type_ids):
+        input_ids, attention_mask, token_type_ids = _checked(model, input_ids, attention_mask,
+                                                             token_type_ids)
         # Runs at trace time: this signature's graph gets this task's setup.
         model.set_active_adapters(setup)
         model.active_head = task
@@ -213,6 +238,8 @@ def _mixed_signature(model, tasks, setup, table):
     def mixed(input_ids, attention_mask, token_type_ids, task):
         from adapter_bert.composition import MultiTask
 
+        input_ids, attention_mask, token_type_ids = _checked(model, input_ids, attention_mask,
+                                                             token_type_ids)
         ids = _task_indices(table, tasks, task)
         model.set_active_adapters(setup)
         model.active_head = MultiTask(*tasks)
@@ -234,7 +261,7 @@ def _mixed_signature(model, tasks, setup, table):
     return mixed
 
 
-def _mixed_text_signature(in_graph, forward, pairs, table):
+def _mixed_text_signature(in_graph, forward, pairs, table, known_task: str):
     """The `mixed_text` serving function: `text_a`, `text_b` (ignored for single-text tasks)
     and `task`, tokenized in the graph, each row as its task tokenizes it."""
     import tensorflow as tf
@@ -255,7 +282,8 @@ def _mixed_text_signature(in_graph, forward, pairs, table):
         return forward(features["input_ids"], features["attention_mask"], features["token_type_ids"],
                        task)
 
-    return mixed_text
+    # A placeholder row needs a task the table knows.
+    return _empty_batch_safe(mixed_text, placeholders=("", "", known_task))
 
 
 def _text_signature(in_graph, forward, pair: bool):
@@ -265,12 +293,33 @@ def _text_signature(in_graph, forward, pair: bool):
         return forward(features["input_ids"], features["attention_mask"], features["token_type_ids"])
 
     if pair:
+        @_empty_batch_safe
         def text_forward(text_a, text_b):
             return features_forward(in_graph(text_a, text_b))
     else:
+        @_empty_batch_safe
         def text_forward(text_a):
             return features_forward(in_graph(text_a))
     return text_forward
+
+
+def _empty_batch_safe(text_forward, placeholders=None):
+    """A text signature that answers a batch of no strings with empty outputs, as the id
+    signatures do (the in-graph tokenizer needs at least one row: one placeholder row goes
+    through and is cut off)."""
+    import functools
+
+    import tensorflow as tf
+
+    @functools.wraps(text_forward)
+    def safe(*texts):
+        rows = tf.shape(texts[0])[0]
+        fills = placeholders or ("",) * len(texts)
+        texts = [tf.cond(rows > 0, lambda t=t: t, lambda f=f: tf.constant([f]))
+                 for t, f in zip(texts, fills)]
+        return {k: v[:rows] for k, v in text_forward(*texts).items()}
+
+    return safe
 
 
 def _is_pair_task(name: str) -> bool:

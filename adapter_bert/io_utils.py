@@ -29,6 +29,8 @@ def atomic_directory(target: str | os.PathLike):
     'hello'
     """
     target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{target} is a file, not a directory; refusing to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -72,6 +74,37 @@ def write_json(path: str | os.PathLike, value) -> None:
     os.replace(tmp, path)
 
 
+def read_text(path: str | os.PathLike, what: str = "text file") -> str:
+    r"""A UTF-8 file's text, without its byte-order mark, with one-line errors.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        ValueError: the file is not UTF-8 (naming the line and byte), or it starts with two
+            byte-order marks (an editor's double save; the second would end up in the text).
+
+    Example:
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "a.tsv"
+    >>> _ = path.write_bytes("\ufeffid\tx\n".encode("utf-8"))
+    >>> read_text(path)
+    'id\tx\n'
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} {path}")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path} is not UTF-8 text (line {line}, byte {e.start})") from None
+    text = text.removeprefix("\ufeff")
+    if text.startswith("\ufeff"):
+        raise ValueError(f"{path} starts with two byte-order marks; save it as UTF-8 with at "
+                         "most one")
+    return text
+
+
 def read_json(path: str | os.PathLike, what: str = "file"):
     """Reads JSON with one-line errors for a missing or corrupt file."""
     try:
@@ -81,3 +114,76 @@ def read_json(path: str | os.PathLike, what: str = "file"):
         raise FileNotFoundError(f"{what} {path} does not exist") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
+
+
+class DirectoryBusyError(RuntimeError):
+    """Another live process holds a `DirectoryLock` on the directory."""
+
+
+class DirectoryLock:
+    """An exclusive claim on a directory by one process: the lock file `path` holds its pid.
+
+    A second process is refused with one line while the holder lives; a lock left by a process
+    that died (its pid no longer runs on this machine) is taken over.
+
+    Example:
+    >>> import tempfile
+    >>> lock_file = Path(tempfile.mkdtemp()) / ".out.lock"
+    >>> with DirectoryLock(lock_file):
+    ...     lock_file.read_text() == str(os.getpid())
+    True
+    >>> lock_file.exists()
+    False
+    """
+
+    def __init__(self, path: str | os.PathLike, what: str = "another run",
+                 directory: str | os.PathLike | None = None):
+        self.path = Path(path)
+        self.what = what
+        self.directory = Path(directory) if directory is not None else self.path.parent
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = _lock_holder(self.path)
+                if holder is not None and holder != os.getpid() and _alive(holder):
+                    raise DirectoryBusyError(f"{self.what} (pid {holder}) is writing to "
+                                             f"{self.directory}; wait for it or use another "
+                                             "directory") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return
+        raise DirectoryBusyError(f"cannot lock {self.directory}")
+
+    def release(self) -> None:
+        if _lock_holder(self.path) == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _lock_holder(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from adapter_bert.glue.data import EncodedExamples, Example, encode_examples, make_dataset
+from adapter_bert.io_utils import read_text
 
 MASK_RATE = 0.15
 # BERT's split of the chosen tokens: [MASK], a random token, unchanged.
@@ -58,14 +59,7 @@ def read_text_lines(path: str | os.PathLike) -> list[str]:
     ['One line.', 'Two.']
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no text file {path}")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise ValueError(f"{path} is not UTF-8 text (line {line}, byte {e.start})") from None
+    text = read_text(path)
     lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
     if not lines:

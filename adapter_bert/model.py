@@ -906,6 +906,8 @@ class AdapterBertModel(keras.Model):
         if not isinstance(meta["model_config"], dict):
             raise ValueError(f"{directory / ADAPTER_CONFIG_FILE}: 'model_config' is not an object")
         self._check_shape(meta["model_config"], f"adapter in {directory}")
+        if load_as is None and not isinstance(meta.get("name"), str):
+            raise ValueError(f"{directory / ADAPTER_CONFIG_FILE}: no adapter 'name' (a string)")
         name = load_as or meta["name"]
         _check_name(name, "adapter")
         weights = _read_weights(directory / ADAPTER_WEIGHTS_FILE)
@@ -934,6 +936,8 @@ class AdapterBertModel(keras.Model):
 
     def _read_head(self, directory: Path, name: str) -> ClassificationHead:
         meta = read_json(directory / HEAD_CONFIG_FILE, "head config")
+        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+            raise ValueError(f"{directory / HEAD_CONFIG_FILE}: no head 'config' (an object)")
         head_class = _HEAD_CLASSES.get(meta.get("head_class"))
         if head_class is None:
             raise ValueError(f"{directory / HEAD_CONFIG_FILE}: unknown head class {meta.get('head_class')!r}")

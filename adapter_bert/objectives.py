@@ -81,6 +81,8 @@ class GlueObjective:
         self.dev_encoded = encode_examples(tokenizer, dev, args.max_seq_length)
         self.dev_labels = label_array(task, dev)
         self.num_train = len(train)
+        self.train_source = (f"{task.name} train ({args.data_dir})" if args.data_dir
+                             else f"TFDS {task.tfds_name} train")
 
     def add_head(self, model, name: str) -> None:
         task, args = self.task, self.args
@@ -91,8 +93,6 @@ class GlueObjective:
                                           id2label=dict(enumerate(task.labels)))
 
     def train_dataset(self, epoch: int, static_shapes: bool):
-        from adapter_bert.training import training_dataset
-
         return training_dataset(self.args, self.train_encoded, self.train_labels, epoch,
                                 static_shapes)
 
@@ -161,6 +161,7 @@ class MaskedLMObjective:
         self.train = MaskedLMData.from_lines(tokenizer, train, args.max_seq_length)
         self.dev = MaskedLMData.from_lines(tokenizer, dev, args.max_seq_length)
         self.num_train = len(train)
+        self.train_source = args.train_file
 
     def add_head(self, model, name: str) -> None:
         model.add_masked_lm_head(name)
@@ -222,3 +223,38 @@ def load_examples(args, task, split: str):
     if args.data_dir is not None:
         return read_glue_tsv(task, args.data_dir, split)
     return read_tfds_examples(task, split)
+
+
+def training_dataset(args, encoded, labels, epoch: int, static_shapes: bool):
+    """The shuffled training batches of one epoch (the order depends only on seed and epoch).
+
+    With `static_shapes` (TPUs compile one program per input shape) the last partial batch is
+    dropped and every batch is padded to a fixed length: the bucket boundary of its bucket with
+    `--bucket_boundaries`, else `--max_seq_length`.
+
+    Example:
+    >>> from adapter_bert.glue.data import EncodedExamples
+    >>> from adapter_bert.training import TrainingArgs
+    >>> encoded = EncodedExamples.from_rows([[2, 5, 3]] * 10, [[0, 0, 0]] * 10)
+    >>> ds = training_dataset(TrainingArgs(batch_size=4, max_seq_length=16), encoded, [0] * 10, 0, True)
+    >>> [tuple(x["input_ids"].shape) for x, _ in ds]
+    [(4, 16), (4, 16)]
+    """
+    from adapter_bert.glue.data import make_dataset
+
+    buckets = list(args.bucket_boundaries) or None
+    padding = "max_length" if static_shapes and not buckets else args.padding
+    dataset = make_dataset(encoded, labels, args.batch_size, shuffle=True, seed=args.seed + epoch,
+                           drop_remainder=static_shapes, padding=padding,
+                           max_seq_length=args.max_seq_length, bucket_boundaries=buckets,
+                           pad_to_bucket_boundary=static_shapes and bool(buckets))
+    if static_shapes:
+        import tensorflow as tf
+
+        def fix_batch(inputs, labels):
+            # Bucketing leaves the batch dimension unknown in the spec; every batch is full here.
+            inputs = {k: tf.ensure_shape(v, [args.batch_size, None]) for k, v in inputs.items()}
+            return inputs, tf.ensure_shape(labels, [args.batch_size])
+
+        dataset = dataset.map(fix_batch)
+    return dataset

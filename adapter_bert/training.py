@@ -42,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -55,6 +56,8 @@ from pathlib import Path
 import numpy as np
 
 from adapter_bert.io_utils import read_json, write_json
+# The GLUE batches of an epoch; kept importable from here, where the command's loop uses them.
+from adapter_bert.objectives import training_dataset  # noqa: E402,F401  (re-exported)
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 MIXED_PRECISION = (None, "bf16", "fp16")
@@ -124,11 +127,16 @@ class TrainingArgs:
 
     def resume_key(self) -> dict:
         """The arguments that must match for a rerun to resume a killed run."""
+        from adapter_bert.glue.tasks import get_task
+        from adapter_bert.objectives import is_masked_lm
+
         keep_out = {"saved_models_dir", "log_every", "overwrite", "predict_test", "keep_checkpoints",
                     "strategy", "tpu", "export", "export_only", "merge_for_serving",
                     "worker_hosts", "task_index"}
         values = {k: v for k, v in dataclasses.asdict(self).items() if k not in keep_out}
         values["bucket_boundaries"] = list(self.bucket_boundaries)
+        # `--task MRPC` and `--task mrpc` are one run.
+        values["task"] = self.task.strip().lower() if is_masked_lm(self.task) else get_task(self.task).name
         # The loaded adapters' files decide the run as much as the flags do; the setup is
         # compared as what it means, not as typed.
         for key in ("load_adapters", "fusion"):
@@ -253,6 +261,11 @@ def validate_args(args: TrainingArgs) -> None:
         raise ValueError(f"--mixed_precision must be bf16 or fp16, got {args.mixed_precision!r}")
     if args.method is not None and args.method not in preset_names():
         raise ValueError(f"unknown --method {args.method!r}; known: {', '.join(preset_names())}")
+    _check_sizing_flags(args)
+    above = [b for b in args.bucket_boundaries if b > args.max_seq_length]
+    if above:
+        raise ValueError(f"--bucket_boundaries {','.join(map(str, above))} above --max_seq_length "
+                         f"{args.max_seq_length} would hold no row")
     if args.worker_hosts or args.task_index is not None:
         if args.strategy != "multi_worker_mirrored":
             raise ValueError("--worker_hosts / --task_index need --strategy multi_worker_mirrored")
@@ -265,12 +278,12 @@ def validate_args(args: TrainingArgs) -> None:
     if args.padding not in ("dynamic", "max_length"):
         raise ValueError(f"--padding must be dynamic or max_length, got {args.padding!r}")
     if args.adapter_config is not None:
-        from adapter_bert.configuration import AdapterConfig
+        from adapter_bert.configuration import AdapterConfig, quoted
 
         try:
             AdapterConfig.load(args.adapter_config)
         except (TypeError, ValueError, FileNotFoundError) as e:
-            raise ValueError(f"bad --adapter_config {args.adapter_config!r}: {e}") from None
+            raise ValueError(f"bad --adapter_config {quoted(args.adapter_config)}: {e}") from None
     if args.fusion:
         from adapter_bert.fusion import AdapterFusionConfig
 
@@ -308,6 +321,24 @@ def validate_args(args: TrainingArgs) -> None:
     elif args.data_dir is not None:
         for split in ("train", "dev"):
             find_tsv(task, args.data_dir, split)
+
+
+def _check_sizing_flags(args: TrainingArgs) -> None:
+    """`--bottleneck_size` / `--non_linearity` resize some presets; anywhere else they would do
+    nothing, which is refused rather than ignored."""
+    from adapter_bert.methods.registry import sized_presets
+
+    given = [f"--{name}" for name in ("bottleneck_size", "non_linearity") if getattr(args, name)]
+    if not given or args.fusion:
+        return
+    sized = ", ".join(sized_presets())
+    if args.adapter_config is not None:
+        raise ValueError(f"{' and '.join(given)} resize the --method presets ({sized}); with "
+                         "--adapter_config, set the sizes in the config string")
+    method = args.method or "houlsby"
+    if method not in sized_presets():
+        raise ValueError(f"{' and '.join(given)} do nothing with --method {method}; they resize "
+                         f"{sized}")
 
 
 def _check_objective_flags(args: TrainingArgs, masked_lm: bool) -> None:
@@ -353,9 +384,14 @@ def make_strategy(name: str = "default", tpu: str | None = None, worker_hosts=()
     if name == "multi_worker_mirrored":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, RuntimeError, tf.errors.OpError) as e:
+            where = repr(tpu) if tpu else "the default address (TPU_NAME, or Colab's)"
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ValueError(f"no TPU found at {where}: {reason}") from None
         return tf.distribute.TPUStrategy(resolver)
     raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
 
@@ -415,22 +451,52 @@ def _versions() -> dict:
 
 
 class _Progress:
-    """One line every `every` steps: loss, throughput, ETA (plain lines, fine in logs and terminals)."""
+    """Progress on stderr: one plain line every `every` steps (loss, throughput, ETA), which is
+    what a log file keeps; on a terminal, also a live bar redrawn every step.
 
-    def __init__(self, total_steps: int, every: int, stream=sys.stderr):
+    Example:
+    >>> import io
+    >>> stream = io.StringIO()
+    >>> progress = _Progress(total_steps=4, every=2, stream=stream)
+    >>> progress.begin(0)
+    >>> for step in range(1, 5):
+    ...     progress.update(step, 1, 0.5, 8)
+    >>> [line.split(" loss")[0] for line in stream.getvalue().splitlines()]
+    ['epoch 1 step 2/4', 'epoch 1 step 4/4']
+    """
+
+    BAR = 24
+
+    def __init__(self, total_steps: int, every: int, stream=sys.stderr, live: bool | None = None):
         self.total, self.every, self.stream = total_steps, every, stream
+        self.live = _is_terminal(stream) if live is None else live
         self.start = time.perf_counter()
         self.examples = 0
+        self.first_step = 0
+        self.drawn = False
 
     def update(self, step: int, epoch: int, loss: float, examples: int) -> None:
         self.examples += examples
-        if step % self.every and step != self.total:
-            return
         elapsed = time.perf_counter() - self.start
         rate = self.examples / max(elapsed, 1e-9)
-        eta = (self.total - step) * elapsed / max(step - self.first_step + 1, 1)
-        print(f"epoch {epoch} step {step}/{self.total} loss {loss:.4f} "
-              f"{rate:.1f} ex/s eta {eta:.0f}s", file=self.stream, flush=True)
+        eta = (self.total - step) * elapsed / max(step - self.first_step, 1)
+        figures = f"loss {loss:.4f} {rate:.1f} ex/s eta {eta:.0f}s"
+        if step % self.every == 0 or step == self.total:
+            self.note(f"epoch {epoch} step {step}/{self.total} {figures}")
+        if self.live and step != self.total:
+            done = int(self.BAR * step / max(self.total, 1))
+            bar = "=" * done + (">" if done < self.BAR else "") + " " * (self.BAR - done - 1)
+            # Drawn, then the cursor back to the line's start: the next bar or line overwrites.
+            self.stream.write(f"[{bar}] {step}/{self.total} epoch {epoch} {figures}\033[K\r")
+            self.stream.flush()
+            self.drawn = True
+
+    def note(self, line: str) -> None:
+        """A permanent line (progress, dev scores), below the live bar's last state."""
+        if self.drawn:
+            self.stream.write("\033[K")
+            self.drawn = False
+        print(line, file=self.stream, flush=True)
 
     def begin(self, first_step: int) -> None:
         self.first_step = first_step
@@ -438,55 +504,103 @@ class _Progress:
         self.examples = 0
 
 
-def _prepare_output_dir(args: TrainingArgs) -> Path:
-    out = args.output_dir
+def _is_terminal(stream) -> bool:
+    """Whether `stream` shows on a terminal, also when the command's stderr filter
+    (`adapter_bert.console`) stands between them."""
+    if stream is sys.stderr and os.environ.get("ADAPTER_BERT_STDERR_TTY") is not None:
+        return os.environ["ADAPTER_BERT_STDERR_TTY"] == "1"
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training: where it stopped, and the checkpoint a rerun resumes from."""
+
+    def __init__(self, step: int, checkpoint_step: int | None):
+        self.step, self.checkpoint_step = step, checkpoint_step
+        where = (f"step {checkpoint_step}, the last checkpoint" if checkpoint_step
+                 else "the start: no checkpoint was written yet")
+        super().__init__(f"interrupted at step {step}; rerun the same command to resume "
+                         f"(from {where})")
+
+
+def _check_resume_key(args: TrainingArgs, out: Path) -> None:
+    """Refuses an output directory that holds a run with other arguments (before any write)."""
     key_file = out / "checkpoints" / "run_args.json"
-    if args.overwrite and out.exists():
-        shutil.rmtree(out)
-    if key_file.is_file():
-        previous = read_json(key_file, "run arguments")
-        current = json.loads(json.dumps(args.resume_key()))
-        if previous != current:
-            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-            raise ValueError(f"{out} holds a run with other arguments ({', '.join(changed)} differ); "
-                             "pass --overwrite or another --saved_models_dir")
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    write_json(key_file, args.resume_key())
-    return out
+    if args.overwrite or not key_file.is_file():
+        return
+    previous = read_json(key_file, "run arguments")
+    current = json.loads(json.dumps(args.resume_key()))
+    if previous != current:
+        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+        raise ValueError(f"{out} holds a run with other arguments ({', '.join(changed)} differ); "
+                         "pass --overwrite or another --saved_models_dir")
 
 
-def training_dataset(args: TrainingArgs, encoded, labels, epoch: int, static_shapes: bool):
-    """The shuffled training batches of one epoch (the order depends only on seed and epoch).
+class _Claim:
+    """This run's hold on its output directory.
 
-    With `static_shapes` (TPUs compile one program per input shape) the last partial batch is
-    dropped and every batch is padded to a fixed length: the bucket boundary of its bucket with
-    `--bucket_boundaries`, else `--max_seq_length`.
-
-    Example:
-    >>> from adapter_bert.glue.data import EncodedExamples
-    >>> encoded = EncodedExamples.from_rows([[2, 5, 3]] * 10, [[0, 0, 0]] * 10)
-    >>> ds = training_dataset(TrainingArgs(batch_size=4, max_seq_length=16), encoded, [0] * 10, 0, True)
-    >>> [tuple(x["input_ids"].shape) for x, _ in ds]
-    [(4, 16), (4, 16)]
+    The directory is locked against a second run (`<saved_models_dir>/.<name>.lock`, with the
+    holder's pid). With `--overwrite`, a previous run is moved aside, not deleted: it is deleted
+    once this run has written its first checkpoint (`commit`), and put back if this run fails
+    before that (`restore`).
     """
-    from adapter_bert.glue.data import make_dataset
 
-    buckets = list(args.bucket_boundaries) or None
-    padding = "max_length" if static_shapes and not buckets else args.padding
-    dataset = make_dataset(encoded, labels, args.batch_size, shuffle=True, seed=args.seed + epoch,
-                           drop_remainder=static_shapes, padding=padding,
-                           max_seq_length=args.max_seq_length, bucket_boundaries=buckets,
-                           pad_to_bucket_boundary=static_shapes and bool(buckets))
-    if static_shapes:
-        import tensorflow as tf
+    def __init__(self, args: TrainingArgs, chief: bool):
+        from adapter_bert.io_utils import DirectoryLock
 
-        def fix_batch(inputs, labels):
-            # Bucketing leaves the batch dimension unknown in the spec; every batch is full here.
-            inputs = {k: tf.ensure_shape(v, [args.batch_size, None]) for k, v in inputs.items()}
-            return inputs, tf.ensure_shape(labels, [args.batch_size])
+        self.args, self.chief, self.out = args, chief, args.output_dir
+        self.step, self.checkpoint_step, self.aside = 0, None, None
+        self.lock = DirectoryLock(self.out.parent / f".{self.out.name}.lock", what="another run",
+                                  directory=self.out)
 
-        dataset = dataset.map(fix_batch)
-    return dataset
+    def open(self) -> None:
+        if not self.chief:
+            return
+        _check_resume_key(self.args, self.out)
+        self.lock.acquire()
+        try:
+            if self.args.overwrite and self.out.exists():
+                self.aside = self.out.with_name(f".{self.out.name}.replaced-{os.getpid()}")
+                shutil.rmtree(self.aside, ignore_errors=True)
+                os.rename(self.out, self.aside)
+            (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+            write_json(self.out / "checkpoints" / "run_args.json", self.args.resume_key())
+        except BaseException:
+            self.restore()
+            raise
+
+    def commit(self, step: int) -> None:
+        self.checkpoint_step = step
+        if self.aside is not None:
+            shutil.rmtree(self.aside, ignore_errors=True)
+            self.aside = None
+
+    def restore(self) -> None:
+        if self.aside is not None:
+            shutil.rmtree(self.out, ignore_errors=True)
+            os.rename(self.aside, self.out)
+            self.aside = None
+
+    def close(self, failed: bool) -> None:
+        if not self.chief:
+            return
+        if failed:
+            self.restore()
+        else:
+            self.commit(self.checkpoint_step)
+        self.lock.release()
+
+
+@contextlib.contextmanager
+def _claimed_output(args: TrainingArgs, chief: bool):
+    claim = _Claim(args, chief)
+    claim.open()
+    failed = True
+    try:
+        yield claim
+        failed = False
+    finally:
+        claim.close(failed)
 
 
 def build_model(args: TrainingArgs, objective=None):
@@ -625,7 +739,6 @@ def run(args: TrainingArgs) -> dict:
 def train(args: TrainingArgs):
     """Like `run` (without the argument check and precision policy): returns `(results, model)`."""
     import keras
-    import tensorflow as tf
 
     from adapter_bert import load_tokenizer
     from adapter_bert.glue.data import num_batches
@@ -640,14 +753,16 @@ def train(args: TrainingArgs):
     objective.load(tokenizer)
     strategy = make_strategy(args.strategy, args.tpu, args.worker_hosts, args.task_index)
     chief = is_chief(strategy)
-    out = _prepare_output_dir(args) if chief else args.output_dir
-
-    replicas = strategy.num_replicas_in_sync
     static_shapes = args.strategy == "tpu"
+    if objective.num_train == 0:
+        raise ValueError(f"no training examples in {objective.train_source}")
     steps_per_epoch = num_batches(objective.num_train, args.batch_size, drop_remainder=static_shapes)
     if steps_per_epoch == 0:
         raise ValueError(f"{objective.num_train} training examples make no full batch of "
                          f"{args.batch_size}")
+    # Every check that can refuse the run comes before the output directory is touched: the
+    # input pipeline's (bucket boundaries) and the model's (a checkpoint that cannot be read).
+    objective.train_dataset(0, static_shapes)
     total_steps = steps_per_epoch * args.epochs
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
@@ -664,6 +779,22 @@ def train(args: TrainingArgs):
         # Slots only for the adapter and head: the frozen base gets no optimizer state.
         optimizer.build(trainable)
         seeds = [v for v in model.variables if "seed_generator_state" in v.path]
+    with _claimed_output(args, chief) as claim:
+        try:
+            return _train_in(args, claim, objective, tokenizer, strategy, model, optimizer,
+                             schedule, trainable, seeds, steps_per_epoch, total_steps, eval_every,
+                             checkpoint_every, static_shapes, wall_start)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(claim.step, claim.checkpoint_step) from None
+
+
+def _train_in(args, claim, objective, tokenizer, strategy, model, optimizer, schedule, trainable,
+              seeds, steps_per_epoch, total_steps, eval_every, checkpoint_every, static_shapes,
+              wall_start):
+    """The loop and what follows it, in the claimed output directory (`train`'s second half)."""
+    import tensorflow as tf
+
+    chief, out, replicas = claim.chief, claim.out, strategy.num_replicas_in_sync
     # Host-side bookkeeping, outside the strategy scope: collective ops cannot mirror strings.
     state = {"history": tf.Variable("[]", dtype=tf.string, trainable=False),
              "best": tf.Variable("null", dtype=tf.string, trainable=False),
@@ -701,6 +832,9 @@ def train(args: TrainingArgs):
               else tf.summary.create_noop_writer())
     progress = _Progress(total_steps, args.log_every, stream=sys.stderr if chief else open(os.devnull, "w"))
     step = int(state["step"].numpy())
+    claim.step = step
+    if latest:
+        claim.commit(step)  # resuming: the directory already holds this run's checkpoint
     progress.begin(step)
     compiled_step = None
     best_weights = None  # non-chief workers keep the best epoch in memory (the chief saves it)
@@ -724,6 +858,7 @@ def train(args: TrainingArgs):
             state["train_seconds"].assign_add(time.perf_counter() - started)
             state["train_examples"].assign_add(batch)
             step += 1
+            claim.step = step
             state["step"].assign(step)
             progress.update(step, epoch + 1, loss, batch)
             with writer.as_default(step=step):
@@ -734,8 +869,8 @@ def train(args: TrainingArgs):
                 metrics = objective.dev_metrics(predict_step)
                 entry = {"epoch": round(step / steps_per_epoch, 4), "step": step, "dev": metrics}
                 history.append(entry)
-                print(f"dev at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
-                      file=sys.stderr, flush=True)
+                progress.note(f"dev at step {step}: "
+                              + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
                 with writer.as_default(step=step):
                     for k, v in metrics.items():
                         tf.summary.scalar(f"dev/{k}", v)
@@ -750,6 +885,7 @@ def train(args: TrainingArgs):
                 state["best"].assign(json.dumps(best))
             if step % checkpoint_every == 0 or end_of_epoch:
                 manager.save(checkpoint_number=step)
+                claim.commit(step)  # a run replaced with --overwrite is gone only from here on
         writer.flush()
 
     setup = resolve_setup(args)
@@ -819,6 +955,11 @@ def export_only(args: TrainingArgs) -> dict:
     for path in args.load_adapters + args.fusion:
         model.load_adapter(path, with_head=False)
     reload_trained(model, args, out)
+    labels = model.heads[args.name].num_labels
+    if labels != task.num_labels:
+        raise ValueError(f"the head in {out / trained_dir(args)} has {labels} outputs; task "
+                         f"{task.name} has {task.num_labels}: that adapter was trained for another "
+                         "task")
     path = _export(args, task, model, load_tokenizer(args.casing), out)
     return {"task": task.name, "adapter_name": args.name, "export": str(path.relative_to(out))}
 

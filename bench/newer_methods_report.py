@@ -65,7 +65,12 @@ def render(results: Path) -> str:
     # bench/run_all.sh keeps these runs in newer/peers; by hand they may be in peers/.
     peers = [p for p in (_read(results / "newer" / "peers" / "peers.json"),
                          _read(results / "peers" / "peers.json")) if p]
-    speed, accuracy = library_records(peers, "throughput"), library_records(peers, "accuracy")
+    speed = library_records(peers, "throughput")
+    # Accuracy runs are read one file each, so runs of several peers.py calls (seeds added
+    # later) all count.
+    runs = [json.loads(f.read_text()) for d in ("newer/peers/runs", "peers/runs")
+            for f in sorted((results / d).glob("accuracy_mrpc_adapters*_seed*.json"))]
+    accuracy = library_records([{"results": {"accuracy_mrpc": {"records": runs}}}], "accuracy")
     lines = []
     if ours_speed:
         m = ours_speed["machine"]
@@ -76,7 +81,8 @@ def render(results: Path) -> str:
         lines.append(f"_Peers: torch {m.get('torch')}, transformers {m.get('transformers')}, "
                      f"adapters {m.get('adapters')}._")
     lines += ["", "| method | trainable (ours / library) | train ex/s dynamic (ours / library) "
-              "| speed-up | MRPC dev F1, final (ours) | (library) | seeds |",
+              "| speed-up | MRPC dev F1, final (ours / library) | dev accuracy (ours / library) "
+              "| seeds (ours / library) |",
               "|---|---|---|---|---|---|---|"]
     methods = ["houlsby"] + list(common.NEWER_METHODS)
     for method in methods:
@@ -103,11 +109,13 @@ def _row(method, trainable_ours, trainable_lib, ours_rate, lib_rate, ours_runs, 
         return f"{r:.1f}" if r else "-"
 
     ratio = f"{ours_rate / lib_rate:.2f}x" if ours_rate and lib_rate else "-"
-    ours_f1 = _mean_std([r["final"]["dev"]["f1"] for r in ours_runs])
-    lib_f1 = _mean_std([r["final"]["f1"] for r in lib_runs])
+    f1 = (f"{_mean_std([r['final']['dev']['f1'] for r in ours_runs])} / "
+          f"{_mean_std([r['final']['f1'] for r in lib_runs])}")
+    accuracy = (f"{_mean_std([r['final']['dev']['accuracy'] for r in ours_runs])} / "
+                f"{_mean_std([r['final']['accuracy'] for r in lib_runs])}")
     seeds = f"{len(ours_runs)} / {len(lib_runs)}"
     return (f"| {method} | {count(trainable_ours)} / {count(trainable_lib)} | "
-            f"{rate(ours_rate)} / {rate(lib_rate)} | {ratio} | {ours_f1} | {lib_f1} | {seeds} |")
+            f"{rate(ours_rate)} / {rate(lib_rate)} | {ratio} | {f1} | {accuracy} | {seeds} |")
 
 
 def main(argv=None) -> int:

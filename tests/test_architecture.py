@@ -9,13 +9,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "adapter_bert"
 
 # Lower levels never import higher ones (the package's __init__ files, which re-export, aside).
 LEVELS = [
-    ("adapter_bert.bert", "adapter_bert.io_utils", "adapter_bert.glue", "adapter_bert.testing"),
+    ("adapter_bert.bert", "adapter_bert.io_utils", "adapter_bert.glue", "adapter_bert.testing",
+     "adapter_bert.console", "adapter_bert.language_modeling"),
     ("adapter_bert.configuration",),
     ("adapter_bert.methods",),
     ("adapter_bert.composition", "adapter_bert.averaging", "adapter_bert.fusion",
      "adapter_bert.heads"),
     ("adapter_bert.model",),
-    ("adapter_bert.formats", "adapter_bert.export"),
+    ("adapter_bert.formats", "adapter_bert.export", "adapter_bert.objectives"),
     ("adapter_bert.training", "adapter_bert.launch"),
 ]
 

@@ -59,6 +59,40 @@ def test_accuracy_command_is_the_training_command_with_each_methods_rate():
     assert "max_train_examples" not in lora
 
 
+def test_newer_methods_run_by_identifier_and_report_beside_the_library(tmp_path):
+    import newer_methods_report
+
+    command = accuracy.run_command("mrpc", "loreft", 1, 2, Path("/tmp/x"), 1000)
+    flags = dict(arg.lstrip("-").split("=", 1) for arg in command[2:] if "=" in arg)
+    assert flags["adapter_config"] == "loreft" and "method" not in flags
+    assert flags["learning_rate"] == "0.002" and flags["max_train_examples"] == "1000"
+    results = tmp_path / "results"
+    (results / "newer").mkdir(parents=True)
+    (results / "newer" / "train_throughput.json").write_text(json.dumps({
+        "machine": {"cpu": "CPU X", "cores": 2, "cpu_flags": ["avx2"], "python": "3.11",
+                    "tensorflow": "2.21", "keras": "3.15"},
+        "methods": {"loreft": {"trainable_params": 9998, "dynamic": {"examples_per_second": 60.0}}}}))
+    (results / "newer" / "peers" / "runs").mkdir(parents=True)
+    (results / "newer" / "peers" / "peers.json").write_text(json.dumps({
+        "machine": {"torch": "2.13", "transformers": "4.57", "adapters": "1.3.0"},
+        "results": {"throughput_mrpc": {"records": [{
+            "system": "adapters:loreft", "params": {"trainable": 9998},
+            "throughput": [{"padding": "dynamic", "examples_per_second": 40.0}]}]}}}))
+    for seed, f1 in ((0, 0.80), (1, 0.82)):
+        (results / "newer" / "peers" / "runs" / f"accuracy_mrpc_adapters:loreft_seed{seed}.json").write_text(
+            json.dumps({"system": "adapters:loreft", "final": {"f1": f1, "accuracy": 0.7}}))
+    for seed, f1 in ((0, 0.81), (1, 0.83), (2, 0.85)):
+        run = results / "checks" / "newer_methods" / "accuracy_runs" / "mrpc" / "loreft" / f"seed{seed}" / "mrpc"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps(
+            {"final": {"dev": {"f1": f1, "accuracy": 0.7}}, "trainable_params": 9998}))
+    table = newer_methods_report.render(results)
+    row = next(line for line in table.splitlines() if line.startswith("| loreft |"))
+    assert row == ("| loreft | 9,998 / 9,998 | 60.0 / 40.0 | 1.50x | 83.0 ± 2.0 / 81.0 ± 1.4 | "
+                   "70.0 ± 0.0 / 70.0 ± 0.0 | 3 / 2 |")
+    assert "CPU X" in table and "adapters 1.3.0" in table
+
+
 def test_summary_is_mean_and_sample_std():
     s = accuracy.summarise([0.80, 0.84, 0.88])
     assert s["mean"] == pytest.approx(0.84) and s["std"] == pytest.approx(0.04)
@@ -180,7 +214,7 @@ def test_report_refuses_a_page_without_markers(tmp_path):
 
 
 def test_every_benchmark_method_uses_its_flagfiles_learning_rate():
-    for method in common.METHODS:
+    for method in common.PRESETS:
         lines = (common.REPO / "flags" / "methods" / f"{method}.flags").read_text().splitlines()
         rate = next(float(line.split("=", 1)[1]) for line in lines if line.startswith("--learning_rate="))
         assert common.LEARNING_RATES[method] == rate, method

@@ -575,9 +575,9 @@ def test_union_of_two_loras_in_disjoint_layers_is_one_lora_per_layer():
     ("lora[leave_out=[0]]|lora[leave_out=[0]]",
      "two LoRA / \\(IA\\)\\^3 configs of a union sit at the same location in layer 1 "
      "\\(selfattn_lora\\)"),
-    ("lora[leave_out=[5]]|ia3", "same location in layer 0 \\(selfattn_lora\\)"),
+    ("lora[leave_out=[1]]|ia3", "same location in layer 0 \\(selfattn_lora\\)"),
     ("prefix_tuning[leave_out=[0]]|prefix_tuning[leave_out=[1]]", "two prefix_tuning configs"),
-    ("seq_bn[leave_out=[5]]|seq_bn", "two bottleneck adapters of a union sit at the same location "
+    ("seq_bn[leave_out=[1]]|seq_bn", "two bottleneck adapters of a union sit at the same location "
                                      "in layer 0 \\(output_adapter\\)"),
 ])
 def test_union_conflicts_found_with_the_models_layers(config, match):

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +34,10 @@ import numpy as np
 import tensorflow as tf
 
 from adapter_bert.glue.tasks import GlueTask, get_task
+from adapter_bert.io_utils import read_text
+
+# Long texts are legal data (the tokenizer truncates them); csv's default limit is 131,072.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 FEATURE_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 PADDINGS = ("dynamic", "max_length")
@@ -138,7 +144,7 @@ def read_glue_tsv(task: GlueTask | str, data_dir: str | os.PathLike, split: str)
     task = _as_task(task)
     path = find_tsv(task, data_dir, split)
     with_labels = task.has_labels(split)
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with io.StringIO(read_text(path, "GLUE file"), newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         if task.has_header(split):
             header = next(reader, None)
@@ -219,6 +225,7 @@ def read_tfds_examples(task: GlueTask | str, split: str,
 
     Raises:
         ValueError: the split is unknown.
+        FileNotFoundError: TFDS has no copy and cannot download one (offline, say).
 
     Example:
     >>> import tensorflow_datasets as tfds
@@ -232,7 +239,15 @@ def read_tfds_examples(task: GlueTask | str, split: str,
     task = _as_task(task)
     tfds_split = task.tfds_split(split)
     with_labels = task.has_labels(split)
-    dataset = tfds.load(task.tfds_name, split=tfds_split, data_dir=data_dir, shuffle_files=False)
+    try:
+        dataset = tfds.load(task.tfds_name, split=tfds_split, data_dir=data_dir,
+                            shuffle_files=False)
+    except Exception as e:  # noqa: BLE001  (download, cache and dependency failures alike)
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise FileNotFoundError(
+            f"GLUE {task.name} is not in the TFDS cache ({data_dir or '~/tensorflow_datasets'}) "
+            f"and cannot be downloaded ({type(e).__name__}: {reason}): pass --data_dir with the "
+            "GLUE TSV files") from None
     key_a, key_b = task.tfds_text
     to_label = _tfds_label_converter(task)
     rows = []

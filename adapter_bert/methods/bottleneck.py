@@ -170,7 +170,11 @@ class BnConfig(AdapterConfig):
                 factor = factor["default"]
             else:
                 raise ValueError(f"reduction_factor has no entry for layer {layer} and no 'default'")
-        return max(1, int(hidden_size // factor))
+        size = int(hidden_size // factor)
+        if size < 1:
+            raise ValueError(f"reduction_factor {factor} leaves no bottleneck on a "
+                             f"{hidden_size}-wide model (at most {hidden_size})")
+        return size
 
 
 @dataclasses.dataclass(eq=True)

@@ -117,6 +117,12 @@ def preset_names() -> tuple[str, ...]:
     return tuple(_PRESETS)
 
 
+def sized_presets() -> tuple[str, ...]:
+    """The presets that `--bottleneck_size` and `--non_linearity` resize (the others are fixed
+    config strings)."""
+    return tuple(name for name, preset in _PRESETS.items() if callable(preset))
+
+
 def preset_config(method: str, hidden_size: int, bottleneck_size: int | None = None,
                   non_linearity: str | None = None) -> str:
     """The config string of preset `method` for a base of width `hidden_size`."""
