@@ -168,23 +168,10 @@ class MaskedLMObjective:
 
     def train_dataset(self, epoch: int, static_shapes: bool):
         args = self.args
-        buckets = list(args.bucket_boundaries) or None
-        dataset = self.train.dataset(
-            args.batch_size, mask_seed=(args.seed, epoch), shuffle=True, seed=args.seed + epoch,
-            drop_remainder=static_shapes,
-            padding="max_length" if static_shapes and not buckets else args.padding,
-            bucket_boundaries=buckets, pad_to_bucket_boundary=static_shapes and bool(buckets))
-        if static_shapes:
-            import tensorflow as tf
-
-            batch, predictions = args.batch_size, self.train.predictions
-
-            def fix_batch(inputs, labels):
-                inputs = {k: tf.ensure_shape(v, [batch, None]) for k, v in inputs.items()}
-                return inputs, tf.ensure_shape(labels, [batch, predictions])
-
-            dataset = dataset.map(fix_batch)
-        return dataset
+        dataset = self.train.dataset(args.batch_size, mask_seed=(args.seed, epoch), shuffle=True,
+                                     seed=args.seed + epoch, **_batching(args, static_shapes))
+        return _full_batches(dataset, args.batch_size, [self.train.predictions]) if static_shapes \
+            else dataset
 
     def loss(self, global_batch: int):
         """`(labels, logits) -> loss`: the replica's summed token losses over the number of
@@ -242,19 +229,27 @@ def training_dataset(args, encoded, labels, epoch: int, static_shapes: bool):
     """
     from adapter_bert.glue.data import make_dataset
 
-    buckets = list(args.bucket_boundaries) or None
-    padding = "max_length" if static_shapes and not buckets else args.padding
     dataset = make_dataset(encoded, labels, args.batch_size, shuffle=True, seed=args.seed + epoch,
-                           drop_remainder=static_shapes, padding=padding,
-                           max_seq_length=args.max_seq_length, bucket_boundaries=buckets,
-                           pad_to_bucket_boundary=static_shapes and bool(buckets))
-    if static_shapes:
-        import tensorflow as tf
+                           max_seq_length=args.max_seq_length, **_batching(args, static_shapes))
+    return _full_batches(dataset, args.batch_size, []) if static_shapes else dataset
 
-        def fix_batch(inputs, labels):
-            # Bucketing leaves the batch dimension unknown in the spec; every batch is full here.
-            inputs = {k: tf.ensure_shape(v, [args.batch_size, None]) for k, v in inputs.items()}
-            return inputs, tf.ensure_shape(labels, [args.batch_size])
 
-        dataset = dataset.map(fix_batch)
-    return dataset
+def _batching(args, static_shapes: bool) -> dict:
+    """`make_dataset`'s padding options of a training epoch: dynamic (or bucketed) off TPU; with
+    static shapes, full batches padded to the bucket boundary or to `--max_seq_length`."""
+    buckets = list(args.bucket_boundaries) or None
+    return dict(drop_remainder=static_shapes,
+                padding="max_length" if static_shapes and not buckets else args.padding,
+                bucket_boundaries=buckets, pad_to_bucket_boundary=static_shapes and bool(buckets))
+
+
+def _full_batches(dataset, batch_size: int, label_shape: list):
+    """Bucketing leaves the batch dimension unknown in the spec; every batch is full here, and
+    XLA wants to know it."""
+    import tensorflow as tf
+
+    def fix_batch(inputs, labels):
+        inputs = {k: tf.ensure_shape(v, [batch_size, None]) for k, v in inputs.items()}
+        return inputs, tf.ensure_shape(labels, [batch_size, *label_shape])
+
+    return dataset.map(fix_batch)

@@ -762,7 +762,7 @@ def train(args: TrainingArgs):
                          f"{args.batch_size}")
     # Every check that can refuse the run comes before the output directory is touched: the
     # input pipeline's (bucket boundaries) and the model's (a checkpoint that cannot be read).
-    objective.train_dataset(0, static_shapes)
+    first_epoch = objective.train_dataset(0, static_shapes)  # built once, used by the loop
     total_steps = steps_per_epoch * args.epochs
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
@@ -783,14 +783,14 @@ def train(args: TrainingArgs):
         try:
             return _train_in(args, claim, objective, tokenizer, strategy, model, optimizer,
                              schedule, trainable, seeds, steps_per_epoch, total_steps, eval_every,
-                             checkpoint_every, static_shapes, wall_start)
+                             checkpoint_every, static_shapes, wall_start, first_epoch)
         except KeyboardInterrupt:
             raise TrainingInterrupted(claim.step, claim.checkpoint_step) from None
 
 
 def _train_in(args, claim, objective, tokenizer, strategy, model, optimizer, schedule, trainable,
               seeds, steps_per_epoch, total_steps, eval_every, checkpoint_every, static_shapes,
-              wall_start):
+              wall_start, first_epoch):
     """The loop and what follows it, in the claimed output directory (`train`'s second half)."""
     import tensorflow as tf
 
@@ -843,7 +843,7 @@ def _train_in(args, claim, objective, tokenizer, strategy, model, optimizer, sch
     while step < total_steps:
         epoch = step // steps_per_epoch
         skip = step - epoch * steps_per_epoch
-        dataset = objective.train_dataset(epoch, static_shapes)
+        dataset = first_epoch if epoch == 0 else objective.train_dataset(epoch, static_shapes)
         dataset = dataset.skip(skip).take(total_steps - step)
         distributed = strategy.experimental_distribute_dataset(dataset)
         if compiled_step is None:

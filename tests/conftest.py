@@ -19,3 +19,13 @@ def glue_dir() -> Path:
     if not (GLUE_DIR / "MRPC" / "dev.tsv").is_file():
         pytest.fail(f"GLUE files not found under {GLUE_DIR}; ../shared must sit beside the checkout")
     return GLUE_DIR
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny random BERT in Hugging Face layout, dropout off (the command-line tests' base)."""
+    from adapter_bert.testing import write_tiny_hf_checkpoint
+
+    directory = tmp_path_factory.mktemp("tiny_bert")
+    write_tiny_hf_checkpoint(directory, seed=0, dropout=0.0)
+    return directory

@@ -1,9 +1,6 @@
 """Masked language modelling: reading text, BERT's masking, the MLM objective and `--task mlm`."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +9,9 @@ import pytest
 from adapter_bert.glue.data import EncodedExamples
 from adapter_bert.language_modeling import (MaskedLMData, hold_out, mask_tokens, masked_lm_metrics,
                                             max_predictions, read_text_lines)
-from adapter_bert.testing import write_tiny_hf_checkpoint
 from adapter_bert.training import TrainingArgs, run
+from test_training import _cli, train_on_two_logical_cpus
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "run_tf_adapter_bert.py"
 WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "is", "good", "bad", "movie", "not", "very",
          "and", "it", "was"]
 
@@ -24,13 +19,6 @@ WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "is", "good", "bad", "mov
 def tiny_text(n: int, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(WORDS, size=rng.integers(3, 12))) + " ." for _ in range(n)]
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny_bert")
-    write_tiny_hf_checkpoint(directory, seed=0, dropout=0.0)
-    return directory
 
 
 def _write(path: Path, lines) -> Path:
@@ -215,11 +203,6 @@ def test_mlm_without_dev_file_holds_out_lines_and_resumes_on_rerun(tmp_path, tin
         run(args)
 
 
-def _cli(*flags, timeout=300):
-    return subprocess.run([sys.executable, str(SCRIPT), *flags], capture_output=True, text=True,
-                          env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=timeout, cwd=REPO)
-
-
 @pytest.mark.parametrize("flags, message", [
     (["--task", "mlm"], "--task mlm needs --train_file"),
     (["--task", "mlm", "--train_file", "{tmp}/missing.txt"], "no text file"),
@@ -250,20 +233,11 @@ def test_mirrored_two_cpus_mlm_matches_one_device(tmp_path, tiny_checkpoint):
     _write(tmp_path / "train.txt", tiny_text(48))
     weights = {}
     for strategy in ("default", "mirrored"):
-        code = (
-            "import tensorflow as tf\n"
-            "cpu = tf.config.list_physical_devices('CPU')[0]\n"
-            "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
-            "from adapter_bert.training import TrainingArgs, run\n"
-            f"r = run(TrainingArgs(task='mlm', casing={str(tiny_checkpoint)!r}, "
-            f"train_file={str(tmp_path / 'train.txt')!r}, adapter_config='seq_bn_inv', "
-            f"batch_size=8, epochs=2, max_seq_length=32, learning_rate=1e-2, strategy={strategy!r}, "
-            f"saved_models_dir={str(tmp_path / strategy)!r}, eval_every=1000))\n"
-            "print('REPLICAS', r['replicas'])\n")
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=600, cwd=REPO)
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert f"REPLICAS {2 if strategy == 'mirrored' else 1}" in result.stdout
+        train_on_two_logical_cpus(
+            f"task='mlm', casing={str(tiny_checkpoint)!r}, train_file={str(tmp_path / 'train.txt')!r}, "
+            f"adapter_config='seq_bn_inv', batch_size=8, epochs=2, max_seq_length=32, "
+            f"learning_rate=1e-2, strategy={strategy!r}, saved_models_dir={str(tmp_path / strategy)!r}, "
+            "eval_every=1000", strategy)
         out = tmp_path / strategy / "mlm" / "adapter"
         weights[strategy] = {**load_file(str(out / "adapter.safetensors")),
                              **load_file(str(out / "head.safetensors"))}

@@ -13,29 +13,14 @@ from pathlib import Path
 import pytest
 
 from adapter_bert.io_utils import DirectoryBusyError, DirectoryLock, atomic_directory
-from adapter_bert.testing import write_tiny_hf_checkpoint
 from adapter_bert.training import TrainingArgs, run
-from test_training import write_glue_task
+from test_training import SCRIPT, REPO, _cli, write_glue_task
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "run_tf_adapter_bert.py"
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny_bert")
-    write_tiny_hf_checkpoint(directory, seed=0, dropout=0.0)
-    return directory
 
 
 def _digests(root: Path) -> dict:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def _cli(*flags, timeout=300):
-    return subprocess.run([sys.executable, str(SCRIPT), *flags], capture_output=True, text=True,
-                          env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=timeout, cwd=REPO)
 
 
 def _base(tmp_path, checkpoint):

@@ -29,13 +29,6 @@ def write_glue_task(root: Path, task_name: str, n: int = 12) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny_bert")
-    write_tiny_hf_checkpoint(directory, seed=0, dropout=0.0)
-    return directory
-
-
 def _args(tmp_path, checkpoint, **overrides):
     values = dict(task="mrpc", casing=str(checkpoint), data_dir=str(tmp_path / "glue"),
                   adapter_config="seq_bn[reduction_factor=4]", batch_size=4, epochs=2,
@@ -141,6 +134,22 @@ def test_bad_input_exits_with_one_line_and_writes_nothing(tmp_path, tiny_checkpo
     assert not (tmp_path / "out").exists()
 
 
+def train_on_two_logical_cpus(training_args: str, strategy: str) -> None:
+    """`run(TrainingArgs(<training_args>))` in a fresh process whose CPU is split into two
+    logical devices (TensorFlow fixes them at start-up), checking the replica count."""
+    code = (
+        "import tensorflow as tf\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+        "from adapter_bert.training import TrainingArgs, run\n"
+        f"r = run(TrainingArgs({training_args}))\n"
+        "print('REPLICAS', r['replicas'])\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"REPLICAS {2 if strategy == 'mirrored' else 1}" in result.stdout
+
+
 def test_mirrored_two_cpus_matches_one_device(tmp_path, tiny_checkpoint):
     """Same global batch on 1 device and on 2 logical CPUs: same trained weights."""
     from safetensors.numpy import load_file
@@ -148,20 +157,11 @@ def test_mirrored_two_cpus_matches_one_device(tmp_path, tiny_checkpoint):
     write_glue_task(tmp_path / "glue", "sst2", n=16)
     weights = {}
     for strategy in ("default", "mirrored"):
-        code = (
-            "import tensorflow as tf\n"
-            "cpu = tf.config.list_physical_devices('CPU')[0]\n"
-            "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
-            "from adapter_bert.training import TrainingArgs, run\n"
-            f"r = run(TrainingArgs(task='sst2', casing={str(tiny_checkpoint)!r}, "
-            f"data_dir={str(tmp_path / 'glue')!r}, adapter_config='lora[r=4]', batch_size=8, "
-            f"epochs=2, max_seq_length=32, learning_rate=1e-2, strategy={strategy!r}, "
-            f"saved_models_dir={str(tmp_path / strategy)!r}, eval_every=1000, predict_test=False))\n"
-            "print('REPLICAS', r['replicas'])\n")
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=600, cwd=REPO)
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert f"REPLICAS {2 if strategy == 'mirrored' else 1}" in result.stdout
+        train_on_two_logical_cpus(
+            f"task='sst2', casing={str(tiny_checkpoint)!r}, data_dir={str(tmp_path / 'glue')!r}, "
+            f"adapter_config='lora[r=4]', batch_size=8, epochs=2, max_seq_length=32, "
+            f"learning_rate=1e-2, strategy={strategy!r}, saved_models_dir={str(tmp_path / strategy)!r}, "
+            "eval_every=1000, predict_test=False", strategy)
         weights[strategy] = load_file(str(tmp_path / strategy / "sst2" / "adapter" / "adapter.safetensors"))
     for name, value in weights["default"].items():
         np.testing.assert_allclose(weights["mirrored"][name], value, atol=1e-5, err_msg=name)
