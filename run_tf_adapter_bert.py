@@ -53,7 +53,8 @@ flags.DEFINE_list("fusion", [],
 flags.DEFINE_string("fusion_config", "dynamic", "AdapterFusion config: dynamic, static or a JSON file.")
 flags.DEFINE_string("method", None, "Method preset registered by a method module: houlsby, "
                     "pfeiffer, parallel, lora, ia3, prefix, bitfit, full, ...")
-flags.DEFINE_enum("pooling", "cls", ["cls", "mean"], "Head pooling: BERT's pooler or masked mean.")
+flags.DEFINE_enum("pooling", "cls", ["cls", "cls_token", "mean"],
+                  "Head pooling: BERT's pooler, the [CLS] state itself, or masked mean.")
 flags.DEFINE_integer("batch_size", 32, "Global training batch size.")
 flags.DEFINE_integer("eval_batch_size", None, "Evaluation batch size (default 2 x batch_size).")
 flags.DEFINE_integer("epochs", 10, "Training epochs.")

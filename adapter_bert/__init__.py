@@ -39,6 +39,7 @@ from adapter_bert.methods.unipelt import UniPELTConfig  # noqa: E402
 from adapter_bert.methods.vera import VeraConfig  # noqa: E402
 from adapter_bert.heads import ClassificationHead, MaskedLMHead  # noqa: E402
 from adapter_bert.model import AdapterBertModel  # noqa: E402
+import adapter_bert.formats  # noqa: E402,F401  (the other libraries' files register their readers)
 
 __version__ = "0.1.0"
 

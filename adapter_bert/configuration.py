@@ -57,6 +57,10 @@ class AdapterConfig:
     #: Fields whose values tell apart the identifiers that share this class (prefix tuning's
     #: `flat`: `prefix_tuning` or `prefix_tuning_flat`), for `CONFIG_TABLE.identifier_of`.
     variant_fields: ClassVar[tuple[str, ...]] = ()
+    #: Fields adapter_bert has and the adapters library's config lacks (LoRA's PEFT-style
+    #: targets), each with the value the library's behaviour amounts to: a config is written in
+    #: the library's format only with these at those values.
+    own_fields: ClassVar[dict[str, Any]] = {}
     #: Other names a field is known by, e.g. `use_phm` for `phm_layer`.
     aliases: ClassVar[dict[str, str]] = {}
 

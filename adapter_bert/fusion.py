@@ -217,6 +217,20 @@ class BertFusion(keras.layers.Layer):
 _POINTS = {"mh_adapter": "attention_residual", "output_adapter": "output_residual"}
 
 
+def _fusion_locations(fusion_name: str, configs, num_layers: int) -> list[str]:
+    """The hook points where every member has a bottleneck adapter (the library's rule)."""
+    for flag in _POINTS:
+        if len({bool(getattr(c, flag)) for c in configs}) > 1:
+            raise ValueError(f"the adapters of fusion {fusion_name!r} must all have, or all "
+                             f"lack, a bottleneck adapter at {flag}")
+    locations = [f"layer_{layer}.{point}" for layer in range(num_layers)
+                 for flag, point in _POINTS.items()
+                 if all(getattr(c, flag) and layer not in (c.leave_out or ()) for c in configs)]
+    if not locations:
+        raise ValueError(f"the adapters of fusion {fusion_name!r} share no bottleneck location")
+    return locations
+
+
 def _bottleneck_config(module):
     methods = [m for m in module.methods if isinstance(m, BottleneckMethod)]
     if not methods:
@@ -236,33 +250,45 @@ class FusionModule(keras.layers.Layer):
         fusion_name: the name setups use (`Fuse(...).name`: the members joined by commas).
         adapters: the fused adapters' names, in order.
         config: an `AdapterFusionConfig`.
-        modules: the members' `AdapterModule`s (only their configs are read).
+        modules: the members' `AdapterModule`s (only their configs are read), or None with
+            `locations` given (a rebuilt fusion, `from_config`).
         hidden_size / num_layers: the base's sizes.
         dropout: the base's attention dropout, used where the config has no `dropout_prob`.
+        locations: the hook points the fusion acts at (default: derived from `modules`).
     """
 
     def __init__(self, fusion_name: str, adapters, config: AdapterFusionConfig, modules,
-                 hidden_size: int, num_layers: int, dropout: float = 0.1, **kwargs):
+                 hidden_size: int, num_layers: int, dropout: float = 0.1,
+                 locations: list | None = None, **kwargs):
         super().__init__(name=kwargs.pop("name", "fusion_" + fusion_name.replace(",", "_")),
                          **kwargs)
         self.fusion_name, self.adapters, self.fusion_config = fusion_name, list(adapters), config
-        configs = [_bottleneck_config(m) for m in modules]
-        for flag in _POINTS:
-            if len({bool(getattr(c, flag)) for c in configs}) > 1:
-                raise ValueError(f"the adapters of fusion {fusion_name!r} must all have, or all "
-                                 f"lack, a bottleneck adapter at {flag}")
+        self.hidden_size, self.num_layers, self.dropout_rate = hidden_size, num_layers, dropout
+        if locations is None:
+            locations = _fusion_locations(fusion_name, [_bottleneck_config(m) for m in modules],
+                                          num_layers)
         rate = dropout if config.dropout_prob is None else config.dropout_prob
-        self.locations, self.fusions = [], []
-        for layer in range(num_layers):
-            for flag, point in _POINTS.items():
-                if all(getattr(c, flag) and layer not in (c.leave_out or ()) for c in configs):
-                    self.locations.append(f"layer_{layer}.{point}")
-                    self.fusions.append(BertFusion(config, hidden_size, rate,
-                                                   dtype=self.dtype_policy,
-                                                   name=f"layer_{layer}_{flag}"))
-        if not self.fusions:
-            raise ValueError(f"the adapters of fusion {fusion_name!r} share no bottleneck location")
+        flags = {point: flag for flag, point in _POINTS.items()}
+        self.locations, self.fusions = list(locations), []
+        for path in self.locations:
+            layer, point = path.split(".")
+            self.fusions.append(BertFusion(config, hidden_size, rate, dtype=self.dtype_policy,
+                                           name=f"{layer}_{flags[point]}"))
         self.built = True
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(fusion_name=self.fusion_name, adapters=list(self.adapters),
+                      config=self.fusion_config.to_dict(), hidden_size=self.hidden_size,
+                      num_layers=self.num_layers, dropout=self.dropout_rate,
+                      locations=list(self.locations))
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["config"] = AdapterFusionConfig.load(config["config"])
+        return cls(modules=None, **config)
 
     def placements(self):
         return list(zip(self.locations, self.fusions))

@@ -22,7 +22,7 @@ from keras import ops
 from adapter_bert.bert.fast_ops import LayerNorm, gelu
 from adapter_bert.methods.base import named_variables
 
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "cls_token", "mean")
 
 
 def masked_mean(sequence_output, attention_mask):
@@ -38,7 +38,8 @@ class ClassificationHead(keras.layers.Layer):
     Args:
         num_labels: number of classes (1 for regression).
         hidden_size: width of the encoder.
-        pooling: "cls" or "mean".
+        pooling: "cls" (BERT's pooler: tanh Dense of the [CLS] state), "cls_token" (the [CLS]
+            state itself, as the adapters library's heads by default) or "mean".
         layers: 1 (Dense only) or 2 (Dense + tanh, then Dense).
         dropout: dropout before each Dense.
         problem_type: "classification" (softmax cross-entropy) or "regression" (mean squared error).
@@ -81,6 +82,8 @@ class ClassificationHead(keras.layers.Layer):
     def pool(self, encoder_outputs, attention_mask):
         if self.pooling == "cls":
             return encoder_outputs["pooled_output"]
+        if self.pooling == "cls_token":
+            return encoder_outputs["sequence_output"][:, 0]
         return masked_mean(encoder_outputs["sequence_output"], attention_mask)
 
     def call(self, encoder_outputs, attention_mask, training=None):
@@ -185,6 +188,12 @@ class MaskedLMHead(keras.layers.Layer):
             raise ValueError(f"the masked-LM head decodes {self.vocab_size} x {self.hidden_size} "
                              f"embeddings; the table to tie is {tuple(table.shape)}")
         self._tied = _Tied(table)
+
+    def tied_table(self):
+        """The embedding table the decoder is tied to."""
+        if self._tied is None:
+            raise ValueError(f"{self.name} is not tied to word embeddings (call tie first)")
+        return self._tied.table
 
     def call(self, encoder_outputs, attention_mask=None, training=None, mask_positions=None,
              inverse=None):

@@ -187,3 +187,23 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class Tensors(dict):
+    """`{name: array}` to be written as one safetensors file, with its header's `metadata`."""
+
+    def __init__(self, tensors, metadata: dict | None = None):
+        super().__init__(tensors)
+        self.metadata = metadata
+
+
+def write_file(path: str | os.PathLike, content) -> None:
+    """`Tensors` as a safetensors file, anything else as JSON."""
+    from safetensors.numpy import save_file
+    import numpy as np
+
+    if isinstance(content, Tensors):
+        save_file({k: np.ascontiguousarray(v) for k, v in content.items()}, str(path),
+                  metadata=content.metadata)
+    else:
+        write_json(path, content)

@@ -48,7 +48,8 @@ from adapter_bert.configuration import AdapterConfig, ConfigUnion
 from adapter_bert.fusion import FUSION_PRESETS, AdapterFusionConfig, FusionModule
 from adapter_bert.bert.hooks import first_adapter
 from adapter_bert.heads import ClassificationHead, MaskedLMHead, RegressionHead
-from adapter_bert.io_utils import atomic_directory, read_json, recover_directory, write_json
+from adapter_bert.io_utils import (atomic_directory, read_json, recover_directory, write_file,
+                                   write_json)
 from adapter_bert.methods.base import AdapterMethod, named_variables
 from adapter_bert.methods.prefix import PrefixTuningMethod
 from adapter_bert.methods.registry import config_identifier, method_class_for
@@ -65,6 +66,40 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 _HEAD_CLASSES = {"ClassificationHead": ClassificationHead, "RegressionHead": RegressionHead,
                  "MaskedLMHead": MaskedLMHead}
+
+
+NATIVE_FORMAT = "adapter_bert"
+
+
+class AdapterFormats:
+    """Other libraries' adapter files, as `adapter_bert.formats` registers them when the package
+    is imported (it stands above this module, which only calls what was registered).
+
+    `locate(path_or_id) -> (directory, default name)` finds a directory or Hub repository,
+    `detect(directory) -> format name` tells which library wrote it, and each format has a
+    reader `(model, directory, load_as, default name, with_head) -> (name, module, head,
+    (base state, source))` and a writer `(model, adapter name, with_head) -> {file name: JSON
+    value or io_utils.Tensors}` that raises before returning when the adapter
+    cannot be expressed.
+    """
+
+    def __init__(self):
+        self.locate = _local_directory
+        self.detect = lambda directory: NATIVE_FORMAT
+        self.readers, self.writers = {}, {}
+
+    def register(self, name: str, reader, writer) -> None:
+        self.readers[name], self.writers[name] = reader, writer
+
+    def names(self) -> tuple[str, ...]:
+        return (NATIVE_FORMAT,) + tuple(self.writers)
+
+
+def _local_directory(path_or_id):
+    return Path(path_or_id), Path(path_or_id).name
+
+
+ADAPTER_FORMATS = AdapterFormats()
 
 
 def _check_name(name: str, what: str) -> None:
@@ -144,7 +179,14 @@ class AdapterModule(keras.layers.Layer):
                       bert_config=self.bert_config.to_dict())
         return config
 
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(config.pop("adapter_name"), AdapterConfig.load(config.pop("config")),
+                   BertConfig.from_dict(config.pop("bert_config")), **config)
 
+
+@keras.saving.register_keras_serializable(package="adapter_bert")
 class AdapterBertModel(keras.Model):
     """A frozen BERT with named adapters and heads: the package's adapter API.
 
@@ -154,6 +196,24 @@ class AdapterBertModel(keras.Model):
     Inputs are a dict of int `[batch, seq]` arrays: `input_ids`, `attention_mask`,
     `token_type_ids`. Under a `Parallel` setup both return one output per branch; under a
     `BatchSplit` setup `model(inputs)` returns one head output per group of rows.
+
+    The whole model, with every adapter, head and fusion and the active setup, saves the Keras
+    way: `model.save("m.keras")`, then `keras.models.load_model("m.keras")` (adapters merged into
+    the base are reset first; the file keeps them apart).
+
+    Example:
+    >>> import tempfile, os, keras
+    >>> from adapter_bert.testing import random_inputs, tiny_bert_config
+    >>> model = AdapterBertModel.from_config(tiny_bert_config())
+    >>> model.add_adapter("a", config="lora[init_weights='bert']", set_active=True)
+    >>> model.add_classification_head("a", num_labels=3)
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.keras")
+    >>> model.save(path)
+    >>> again = keras.models.load_model(path)
+    >>> again.active_adapters, again.active_head
+    ('a', 'a')
+    >>> bool(np.allclose(again(random_inputs()), model(random_inputs()), atol=1e-6))
+    True
     """
 
     def __init__(self, bert: BertEncoder, checkpoint_dir: str | None = None, **kwargs):
@@ -169,6 +229,23 @@ class AdapterBertModel(keras.Model):
         # Keras' traced train / test / predict functions bake in the setup that was active when
         # they were traced; they are kept per setup, so switching back reuses the right ones.
         self._traces: dict[tuple, dict] = {}
+        # Every weight exists once the encoder does (adapters and heads build as they are added).
+        self.built = True
+
+    def save(self, filepath, overwrite: bool = True, **kwargs):
+        """Keras' `save`, written beside the target and renamed into place, so a refusal (a merged
+        adapter) or a failure leaves no file, and an earlier file stays whole."""
+        self.get_config()  # refusals first
+        path = Path(filepath)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists (pass overwrite=True)")
+        tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+        try:
+            super().save(tmp, overwrite=True, **kwargs)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
     def _lock_state(self):
         # Adapters and heads are added and removed after the model is built, by design.
@@ -192,16 +269,57 @@ class AdapterBertModel(keras.Model):
 
     @classmethod
     def from_config(cls, config, **kwargs) -> "AdapterBertModel":
-        """A randomly initialised model from a `BertConfig` (or a dict from `get_config`)."""
+        """A randomly initialised model from a `BertConfig`, or the model a `get_config` dict
+        describes: its adapters, heads and fusions (with fresh weights) and active setup."""
         if isinstance(config, BertConfig):
             return cls(BertEncoder.from_bert_config(config), **kwargs)
         config = dict(config)
         bert_config = BertConfig.from_dict(config.pop("bert_config"))
-        return cls(BertEncoder.from_bert_config(bert_config), checkpoint_dir=config.get("checkpoint_dir"))
+        model = cls(BertEncoder.from_bert_config(bert_config), checkpoint_dir=config.get("checkpoint_dir"),
+                    name=config.get("name"))
+        for item in config.get("adapters", []):
+            model.add_adapter(item["name"], config=AdapterConfig.load(item["config"]))
+        for item in config.get("heads", []):
+            head = model._new_head(item["name"], item["head_class"], item["config"], {}, "config",
+                                   check_weights=False)
+            head.trainable = False
+            model.heads[item["name"]] = head
+        for item in config.get("fusions", []):
+            model.add_adapter_fusion(Fuse(*item["adapters"], name=item["name"]),
+                                     config=AdapterFusionConfig.load(item["config"]))
+        if config.get("active_adapters") is not None:
+            model.set_active_adapters(setup_from_dict(config["active_adapters"]),
+                                      skip_layers=config.get("skip_layers") or None)
+        if config.get("active_head") is not None:
+            heads = config["active_head"]
+            model.active_head = setup_from_dict(heads) if isinstance(heads, dict) else heads
+        return model
 
     def get_config(self):
+        """Everything `from_config` needs to rebuild this model's structure (not its weights).
+
+        Raises:
+            ValueError: a merged adapter (its update lives in the base kernels; reset it first).
+        """
+        merged = [n for n, m in self.adapter_modules.items() if m.merged]
+        if merged:
+            raise ValueError(f"adapter(s) {', '.join(merged)} are merged into the base; "
+                             "reset_adapter before saving the whole model")
+        heads = self._active_head
         return {"bert_config": self.bert.bert_config.to_dict(), "checkpoint_dir": self.checkpoint_dir,
-                "name": self.name}
+                "name": self.name,
+                "adapters": [{"name": n, "config": m.config.config_dict()}
+                             for n, m in self.adapter_modules.items()],
+                "heads": [{"name": n, "head_class": type(h).__name__, "config": _head_config(h)}
+                          for n, h in self.heads.items()],
+                "fusions": [{"name": n, "adapters": list(f.adapters),
+                             "config": f.fusion_config.to_dict()}
+                            for n, f in self.fusion_modules.items()],
+                "active_adapters": (None if self.active_adapters is None
+                                    else setup_to_dict(self.active_adapters)),
+                "skip_layers": sorted(self.bert.skip_layers),
+                "active_head": (setup_to_dict(heads) if isinstance(heads, AdapterCompositionBlock)
+                                else heads)}
 
     @property
     def config(self) -> BertConfig:
@@ -465,7 +583,7 @@ class AdapterBertModel(keras.Model):
         config, values = average_modules(sources, weights, normalize_weights, combine_strategy,
                                          svd_rank)
         module = AdapterModule(name, config, self.bert.bert_config, dtype=self.bert.dtype_policy)
-        _assign_named(module.named_variables(), values, f"the average of {', '.join(adapter_list)}")
+        assign_named(module.named_variables(), values, f"the average of {', '.join(adapter_list)}")
         self._install(name, module)
         if set_active:
             self.set_active_adapters(name)
@@ -483,7 +601,7 @@ class AdapterBertModel(keras.Model):
                                                    weights, normalize_weights)
         head = head_class(dtype=self.bert.dtype_policy, name=f"head_{name}", **config)
         self._tie(head)
-        _assign_named(named_variables(head), values, f"the average of {', '.join(head_list)}")
+        assign_named(named_variables(head), values, f"the average of {', '.join(head_list)}")
         head.trainable = name in self._training_adapters
         self.heads.pop(name, None)
         self.heads[name] = head
@@ -639,7 +757,7 @@ class AdapterBertModel(keras.Model):
                               [self.adapter_modules[a] for a in meta["adapters"]], cfg.hidden_size,
                               cfg.num_hidden_layers, dropout=cfg.attention_probs_dropout_prob,
                               dtype=self.bert.dtype_policy)
-        _assign_named(module.named_variables(), _read_weights(directory / FUSION_WEIGHTS_FILE),
+        assign_named(module.named_variables(), read_weights(directory / FUSION_WEIGHTS_FILE),
                       directory / FUSION_WEIGHTS_FILE)
         head = None
         if with_head and meta.get("head") and (directory / HEAD_CONFIG_FILE).is_file():
@@ -665,7 +783,8 @@ class AdapterBertModel(keras.Model):
         """Adds a classification head (softmax over `num_labels`).
 
         Args:
-            pooling: "cls" (BERT's pooler) or "mean" (masked mean of the sequence output).
+            pooling: "cls" (BERT's pooler), "cls_token" (the [CLS] state) or "mean" (masked mean
+                of the sequence output).
             layers: 1 (Dense) or 2 (tanh hidden layer, then Dense).
             dropout: defaults to the base's hidden dropout.
         """
@@ -833,14 +952,34 @@ class AdapterBertModel(keras.Model):
         cfg = self.bert.bert_config.to_dict()
         return {k: cfg[k] for k in _SHAPE_KEYS}
 
-    def save_adapter(self, directory: str | os.PathLike, name: str, with_head: bool = True) -> None:
+    def save_adapter(self, directory: str | os.PathLike, name: str, with_head: bool = True,
+                     format: str = "adapter_bert") -> None:
         """Writes adapter `name` (and head `name`, if any) to `directory`, atomically.
 
         Files: `adapter_config.json`, `adapter.safetensors` and, with a head, `head_config.json` +
         `head.safetensors`. If anything fails, a previous save in `directory` is left intact.
-        """
-        from safetensors.numpy import save_file
 
+        Args:
+            format: "adapter_bert" (this package's files, any method), "adapters" (the PyTorch
+                adapters library's, for a `BertAdapterModel`) or "peft" (PEFT's, for LoRA, (IA)^3 and
+                prefix tuning). Those libraries load the files unchanged; a method or option they
+                lack is a one-line error before anything is written.
+
+        Example:
+        >>> import tempfile
+        >>> from adapter_bert.testing import tiny_bert_config
+        >>> model = AdapterBertModel.from_config(tiny_bert_config())
+        >>> model.add_adapter("task", config="lora[r=4]")
+        >>> directory = tempfile.mkdtemp()
+        >>> model.save_adapter(directory, "task", format="peft")
+        >>> sorted(p.name for p in Path(directory).iterdir())
+        ['adapter_config.json', 'adapter_model.safetensors']
+        >>> model.load_adapter(directory, load_as="again")   # read back, recognised as PEFT's
+        'again'
+        """
+        if format != NATIVE_FORMAT and format not in ADAPTER_FORMATS.writers:
+            raise ValueError(f"unknown adapter format {format!r}; known: "
+                             f"{', '.join(ADAPTER_FORMATS.names())}")
         module = self._adapter(name)
         target = Path(directory)
         if target.exists() and not target.is_dir():
@@ -848,6 +987,18 @@ class AdapterBertModel(keras.Model):
         if target.is_dir() and any(target.iterdir()) and not (target / ADAPTER_CONFIG_FILE).is_file():
             raise ValueError(f"{target} is a non-empty directory that holds no saved adapter; "
                              "save_adapter replaces its directory as a whole, pick an empty one")
+        if format != NATIVE_FORMAT:
+            if module.merged:
+                raise ValueError(f"adapter {name!r} is merged; reset_adapter before saving it for "
+                                 "another library")
+            # Every refusal comes here, before anything is written.
+            files = ADAPTER_FORMATS.writers[format](self, name, with_head)
+            with atomic_directory(directory) as tmp:
+                for filename, content in files.items():
+                    write_file(tmp / filename, content)
+            return
+        from safetensors.numpy import save_file
+
         if module.trains_base:
             weights = {f"bert.{k}": np.ascontiguousarray(v) for k, v in encoder_state(self.bert).items()}
         else:
@@ -861,15 +1012,31 @@ class AdapterBertModel(keras.Model):
             if with_head and name in self.heads:
                 self._write_head(tmp, name)
 
+    @property
+    def base_model_name(self) -> str | None:
+        """What other libraries' files call the base: its Hub id where known, else its path
+        (None for a model built from a config)."""
+        from adapter_bert.bert.checkpoint import packaged_minilm_dir
+
+        if self.checkpoint_dir is None:
+            return None
+        try:
+            if Path(self.checkpoint_dir).resolve() == packaged_minilm_dir().resolve():
+                return "sentence-transformers/all-MiniLM-L6-v2"
+        except Exception:  # noqa: BLE001 - the package may be absent; then it is not that base
+            pass
+        for part in Path(self.checkpoint_dir).parts:  # huggingface_hub's cache: models--owner--name
+            if part.startswith("models--"):
+                return part[len("models--"):].replace("--", "/")
+        return str(self.checkpoint_dir)
+
     def _write_head(self, directory: Path, name: str) -> None:
         """`head_config.json` and `head.safetensors` of head `name` into `directory`."""
         from safetensors.numpy import save_file
 
         head = self.heads[name]
-        head_config = {k: v for k, v in head.get_config().items()
-                       if k not in ("name", "dtype", "trainable")}
         write_json(directory / HEAD_CONFIG_FILE, {"name": name, "head_class": type(head).__name__,
-                                                  "config": head_config})
+                                                  "config": _head_config(head)})
         save_file({k: np.ascontiguousarray(v.numpy()) for k, v in named_variables(head).items()},
                   str(directory / HEAD_WEIGHTS_FILE))
 
@@ -882,14 +1049,30 @@ class AdapterBertModel(keras.Model):
                              if theirs[k] != mine[k])
             raise ValueError(f"{what} was trained for a base of another size: {diff}")
 
-    def load_adapter(self, directory: str | os.PathLike, load_as: str | None = None,
+    def load_adapter(self, path_or_id: str | os.PathLike, load_as: str | None = None,
                      with_head: bool = True, set_active: bool = False) -> str:
-        """Loads an adapter written by `save_adapter`; returns its name.
+        """Loads an adapter; returns its name.
 
-        Raises a one-line error for a missing or corrupt file, or an adapter trained for a model
-        of another size. Nothing is added to the model unless everything loads.
+        `path_or_id` is a directory or a Hugging Face Hub id (`"owner/name"`, through
+        huggingface_hub's cache; `HF_HUB_OFFLINE=1` uses the cache alone). The files say which
+        library wrote them (`adapter_bert.formats.detect`): this package (`save_adapter`, any
+        format), the PyTorch adapters library (its `adapter_config.json` + `adapter.safetensors`,
+        and a head's `head_config.json` + `model_head.safetensors`) or PEFT
+        (`adapter_config.json` with `peft_type` + `adapter_model.safetensors`; a sequence
+        classifier's `classifier` becomes the head). A PEFT adapter, which has no name in its
+        files, is named `load_as` or after its directory (or repository).
+
+        Raises a one-line error for a missing or corrupt file, a PyTorch pickle (with the command
+        that converts it), a weight that maps to nothing or is missing, or an adapter trained for
+        a model of another size. Nothing is added to the model unless everything loads.
         """
-        loaded = self._read_adapter(Path(directory), load_as, with_head)
+        recover_directory(Path(path_or_id))
+        directory, default_name = ADAPTER_FORMATS.locate(path_or_id)
+        kind = ADAPTER_FORMATS.detect(directory)
+        if kind == NATIVE_FORMAT:
+            loaded = self._read_adapter(directory, load_as, with_head)
+        else:
+            loaded = ADAPTER_FORMATS.readers[kind](self, directory, load_as, default_name, with_head)
         self._put(*loaded)
         if set_active:
             self.set_active_adapters(loaded[0])
@@ -910,7 +1093,7 @@ class AdapterBertModel(keras.Model):
             raise ValueError(f"{directory / ADAPTER_CONFIG_FILE}: no adapter 'name' (a string)")
         name = load_as or meta["name"]
         _check_name(name, "adapter")
-        weights = _read_weights(directory / ADAPTER_WEIGHTS_FILE)
+        weights = read_weights(directory / ADAPTER_WEIGHTS_FILE)
         config = AdapterConfig.load(meta["config"])
         module = AdapterModule(name, config, self.bert.bert_config, dtype=self.bert.dtype_policy)
         head = None
@@ -920,8 +1103,37 @@ class AdapterBertModel(keras.Model):
         if module.trains_base:
             base_state = {k.removeprefix("bert."): v for k, v in weights.items()}
         else:
-            _assign_named(module.named_variables(), weights, directory / ADAPTER_WEIGHTS_FILE)
+            assign_named(module.named_variables(), weights, directory / ADAPTER_WEIGHTS_FILE)
         return name, module, head, (base_state, directory / ADAPTER_WEIGHTS_FILE)
+
+    def _new_module(self, name: str, config) -> AdapterModule:
+        _check_name(name, "adapter")
+        return AdapterModule(name, config, self.bert.bert_config, dtype=self.bert.dtype_policy)
+
+    def _new_head(self, name: str, class_name: str, config: dict, weights: dict, source,
+                  check_weights: bool = True):
+        """A head of class `class_name` built from `config` and given `weights` (checked by name
+        and shape; with `check_weights=False`, a head with fresh weights)."""
+        head_class = _HEAD_CLASSES.get(class_name)
+        if head_class is None:
+            raise ValueError(f"{source}: unknown head class {class_name!r}")
+        cfg = self.bert.bert_config
+        config = dict(config)
+        if config.get("hidden_size", cfg.hidden_size) != cfg.hidden_size:
+            raise ValueError(f"head in {source} has hidden_size {config.get('hidden_size')}, "
+                             f"this model {cfg.hidden_size}")
+        config["hidden_size"] = cfg.hidden_size
+        if head_class is MaskedLMHead:
+            config.setdefault("vocab_size", cfg.vocab_size)
+            config.setdefault("layer_norm_eps", cfg.layer_norm_eps)
+        if head_class is RegressionHead:
+            config.pop("num_labels", None)
+            config.pop("problem_type", None)
+        head = head_class(dtype=self.bert.dtype_policy, name=f"head_{name}", **config)
+        self._tie(head)
+        if check_weights:
+            assign_named(named_variables(head), weights, source)
+        return head
 
     def _put(self, name, module, head, base_state) -> None:
         state, source = base_state
@@ -938,21 +1150,12 @@ class AdapterBertModel(keras.Model):
         meta = read_json(directory / HEAD_CONFIG_FILE, "head config")
         if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
             raise ValueError(f"{directory / HEAD_CONFIG_FILE}: no head 'config' (an object)")
-        head_class = _HEAD_CLASSES.get(meta.get("head_class"))
-        if head_class is None:
-            raise ValueError(f"{directory / HEAD_CONFIG_FILE}: unknown head class {meta.get('head_class')!r}")
         config = dict(meta["config"])
         if config.get("hidden_size") != self.bert.bert_config.hidden_size:
             raise ValueError(f"head in {directory} has hidden_size {config.get('hidden_size')}, "
                              f"this model {self.bert.bert_config.hidden_size}")
-        if head_class is RegressionHead:
-            config.pop("num_labels", None)
-            config.pop("problem_type", None)
-        head = head_class(dtype=self.bert.dtype_policy, name=f"head_{name}", **config)
-        self._tie(head)
-        weights = _read_weights(directory / HEAD_WEIGHTS_FILE)
-        _assign_named(named_variables(head), weights, directory / HEAD_WEIGHTS_FILE)
-        return head
+        return self._new_head(name, meta.get("head_class"), config,
+                              read_weights(directory / HEAD_WEIGHTS_FILE), directory / HEAD_WEIGHTS_FILE)
 
     # --- reporting ---------------------------------------------------------------------------------
 
@@ -1061,7 +1264,12 @@ class AdapterBertModel(keras.Model):
             self.set_active_adapters(setup)
         return setup
 
-def _read_weights(path: Path) -> dict[str, np.ndarray]:
+def _head_config(head) -> dict:
+    """A head's constructor arguments (its `get_config` less Keras' own layer keys)."""
+    return {k: v for k, v in head.get_config().items() if k not in ("name", "dtype", "trainable")}
+
+
+def read_weights(path: Path) -> dict[str, np.ndarray]:
     """A safetensors file's tensors, with one-line errors for a missing or corrupt file."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
@@ -1074,7 +1282,7 @@ def _read_weights(path: Path) -> dict[str, np.ndarray]:
         raise ValueError(f"cannot read {path}: {e}") from None
 
 
-def _assign_named(variables: dict, weights: dict, source) -> None:
+def assign_named(variables: dict, weights: dict, source) -> None:
     """Assigns `weights` to `variables` by name after checking that names and shapes agree."""
     missing = sorted(set(variables) - set(weights))
     unexpected = sorted(set(weights) - set(variables))

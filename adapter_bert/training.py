@@ -55,6 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adapter_bert.heads import POOLINGS
 from adapter_bert.io_utils import read_json, write_json
 # The GLUE batches of an epoch; kept importable from here, where the command's loop uses them.
 from adapter_bert.objectives import training_dataset  # noqa: E402,F401  (re-exported)
@@ -273,8 +274,8 @@ def validate_args(args: TrainingArgs) -> None:
             raise ValueError("give both --worker_hosts and --task_index (or TF_CONFIG alone)")
         if not 0 <= args.task_index < len(args.worker_hosts):
             raise ValueError(f"--task_index {args.task_index} is not in 0..{len(args.worker_hosts) - 1}")
-    if args.pooling not in ("cls", "mean"):
-        raise ValueError(f"--pooling must be cls or mean, got {args.pooling!r}")
+    if args.pooling not in POOLINGS:
+        raise ValueError(f"--pooling must be one of {', '.join(POOLINGS)}, got {args.pooling!r}")
     if args.padding not in ("dynamic", "max_length"):
         raise ValueError(f"--padding must be dynamic or max_length, got {args.padding!r}")
     if args.adapter_config is not None:

@@ -30,3 +30,17 @@ def test_the_composition_examples_run(tmp_path, capsys):
     assert (tmp_path / "setup" / "adapter_setup.json").is_file()
     assert (tmp_path / "fusion" / "adapter_fusion_config.json").is_file()
     assert float(namespace["loss_term"]) > 0
+
+
+@pytest.mark.slow
+def test_the_interop_example_runs(tmp_path, capsys, monkeypatch):
+    [code] = _blocks_after("## Bring your PyTorch adapter")
+    monkeypatch.chdir(README.parent)
+    for name in ("to_peft", "to_adapters", "model.keras"):
+        code = code.replace(f'"/tmp/{name}"', repr(str(tmp_path / name)))
+    namespace = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    assert "active setup: peft_lora" in capsys.readouterr().out
+    assert (tmp_path / "to_peft" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "to_adapters" / "adapter.safetensors").is_file()
+    assert sorted(namespace["again"].adapters) == ["bn", "peft_lora"]

@@ -78,30 +78,36 @@ def resolve_checkpoint(path_or_id: str | os.PathLike) -> Path:
         return packaged_minilm_dir()
     if not _HUB_ID.match(text) or text.startswith((".", "~")):
         raise CheckpointError(f"checkpoint directory {text} does not exist")
-    return _hub_snapshot(text)
+    return hub_snapshot(text)
 
 
-def _hub_snapshot(repo_id: str) -> Path:
+def hub_snapshot(repo_id: str, allow_patterns=None, what: str = "checkpoint") -> Path:
+    """The local snapshot of Hub repository `repo_id`: from the cache when it is there (no
+    network round trip, no retries), else downloaded, unless `HF_HUB_OFFLINE` is set.
+
+    Raises:
+        CheckpointError: one line, when it is neither cached nor downloadable.
+    """
     from huggingface_hub import snapshot_download
     from huggingface_hub import constants
 
+    allow_patterns = _HUB_FILES if allow_patterns is None else allow_patterns
     offline = bool(constants.HF_HUB_OFFLINE)
     try:
-        # Cache first: no network round trip (and no retries) when the files are already here.
-        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES, local_files_only=True))
+        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns, local_files_only=True))
     except Exception:  # noqa: BLE001 - any miss falls through to the clear error / download below
         if offline:
             raise CheckpointError(
                 f"{repo_id!r} is neither a local directory nor in the Hugging Face cache, and "
-                "HF_HUB_OFFLINE is set; download it once with network access or pass a local "
-                "checkpoint directory") from None
+                f"HF_HUB_OFFLINE is set; download it once with network access or pass a local "
+                f"{what} directory") from None
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES, etag_timeout=10))
+        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns, etag_timeout=10))
     except Exception as e:  # noqa: BLE001 - network, auth and not-found errors all end here
         raise CheckpointError(
             f"could not download {repo_id!r} from the Hugging Face hub "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            "pass a local checkpoint directory instead") from None
+            f"pass a local {what} directory instead") from None
 
 
 def _read_config(directory: Path) -> BertConfig:

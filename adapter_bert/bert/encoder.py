@@ -218,10 +218,15 @@ class BertEmbeddings(_HookOwner, keras.layers.Layer):
             epsilon=layer_norm_eps, dtype=self.dtype_policy, name="layer_norm")
         self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy, name="dropout")
         self.output_point = HookPoint("output", "embeddings")
+        # The word embeddings, before positions and token types (prompts that take positions).
+        self.words_point = HookPoint("words", "embeddings")
+        # The position ids of the input's tokens (a prefix may number them after itself).
+        self.positions_point = HookPoint("positions", "positions")
         self._name_points(f"{self.name}.", None)
 
     def hook_points(self) -> dict[str, HookPoint]:
-        return {"layer_norm": self.layer_norm.hook_point, "output": self.output_point}
+        return {"layer_norm": self.layer_norm.hook_point, "output": self.output_point,
+                "positions": self.positions_point, "words": self.words_point}
 
     def build(self, input_shape):
         self.word_embeddings.build(input_shape)
@@ -233,9 +238,28 @@ class BertEmbeddings(_HookOwner, keras.layers.Layer):
     def call(self, input_ids, token_type_ids, training=None):
         seq_len = ops.shape(input_ids)[1]
         positions = ops.arange(seq_len, dtype="int32")[None, :]
+        if self.positions_point.is_active():
+            positions = self.positions_point.run(positions, training=training)[0]
         x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
              + self.token_type_embeddings(token_type_ids))
         return self.dropout(self.layer_norm(x), training=training)
+
+    def with_input_prompts(self, input_ids, token_type_ids, mask, training=None):
+        """The embedding output with the active prompts of the `words` point inserted before the
+        input: `(hidden, mask, positions of the input's own tokens)`. Prompts take the first
+        position ids and token type 0, as if they were the first tokens."""
+        seq_len = ops.shape(input_ids)[1]
+        words, mask, own = self.words_point.run(self.word_embeddings(input_ids), mask,
+                                                ops.arange(seq_len), training=training)
+        total = ops.shape(words)[1]
+        added = total - seq_len
+        token_type_ids = ops.concatenate(
+            [ops.zeros((ops.shape(input_ids)[0], added), token_type_ids.dtype), token_type_ids], axis=1)
+        positions = ops.arange(total, dtype="int32")[None, :]
+        if self.positions_point.is_active():
+            positions = self.positions_point.run(positions, training=training)[0]
+        x = words + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.layer_norm(x), training=training), mask, own
 
     def get_config(self):
         config = super().get_config()
@@ -658,11 +682,16 @@ class BertEncoder(keras.layers.Layer):
                 input_ids, token_type_ids, mask = (
                     ops.concatenate([t] * replicas, axis=0) for t in (input_ids, token_type_ids, mask))
                 context.replicas = replicas
-            hidden = self.embeddings(input_ids, token_type_ids, training=training)
             positions = None
+            if self.embeddings.words_point.is_active():  # prompts among the word embeddings
+                hidden, mask, positions = self.embeddings.with_input_prompts(
+                    input_ids, token_type_ids, mask, training=training)
+            else:
+                hidden = self.embeddings(input_ids, token_type_ids, training=training)
             if self.embeddings.output_point.is_active():  # e.g. prompt tuning lengthens the input
                 hidden, mask, positions = self.embeddings.output_point.run(
-                    hidden, mask, ops.arange(ops.shape(input_ids)[1]), training=training)
+                    hidden, mask, ops.arange(ops.shape(input_ids)[1]) if positions is None
+                    else positions, training=training)
             mask_bias = padding_mask_bias(mask, hidden.dtype)
             context.mask = mask
             tokens = context.tokens = TokenIndex(mask) if use_tokens else None

@@ -63,7 +63,7 @@ from typing import Any, NamedTuple
 
 from keras import ops
 
-KINDS = ("dense", "norm", "residual", "attention", "embeddings", "hidden")
+KINDS = ("dense", "norm", "residual", "attention", "embeddings", "hidden", "positions")
 
 
 class HookPoint:

@@ -40,6 +40,22 @@ def check_leave_out(leave_out) -> None:
         raise ValueError(f"leave_out must be a list of layer indices, got {leave_out!r}")
 
 
+class BuiltFromConfig:
+    """`get_config` / `from_config` of a layer built as `cls(adapter config, hidden_size, ...)`
+    (a mixin, before `keras.layers.Layer` in the bases; the layer keeps `config` and
+    `hidden_size`)."""
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(config=self.config.config_dict(), hidden_size=self.hidden_size)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(AdapterConfig.load(config.pop("config")), **config)
+
+
 def named_variables(layer: keras.layers.Layer, prefix: str = "") -> dict[str, keras.Variable]:
     """Variables of `layer` keyed by a stable dotted path of sublayer names (`layer_0.down.kernel`).
 

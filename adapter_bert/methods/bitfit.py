@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import keras
 from keras import ops
@@ -34,11 +35,41 @@ _DENSE_POINTS = ("attention.query", "attention.key", "attention.value", "attenti
                  "intermediate", "output")
 
 
+_NORM_POINTS = ("attention_ln", "output_ln")
+_OUTSIDE = ("pooler", "embeddings_ln")
+
+
 @dataclasses.dataclass(eq=True)
 class BitFitConfig(AdapterConfig):
-    """BitFit: trained offsets of all bias terms (Dense biases and LayerNorm betas)."""
+    """BitFit: trained offsets of all bias terms (Dense biases and LayerNorm betas).
+
+    Args:
+        targets: only these biases (None: all): a bias of every layer (`"attention.query"`,
+            `"output_ln"`, ...), of one layer (`"layer_1.intermediate"`), `"pooler"` or
+            `"embeddings_ln"`. PEFT's LoRA `bias="lora_only"` is LoRA with the biases of its own
+            targets.
+    """
+
+    targets: list | None = None
 
     architecture = "bitfit"
+    own_fields = {"targets": None}
+
+    def validate(self):
+        if self.targets is None:
+            return
+        points = _DENSE_POINTS + _NORM_POINTS
+        bad = [t for t in self.targets if t not in points + _OUTSIDE
+               and not re.match(r"^layer_\d+\.(" + "|".join(map(re.escape, points)) + r")$", str(t))]
+        if bad or not isinstance(self.targets, (list, tuple)):
+            raise ValueError(f"bitfit targets: unknown {bad or self.targets!r}; known: "
+                             f"{', '.join(points + _OUTSIDE)}, or one layer's as 'layer_<i>.<bias>'")
+
+    def covers(self, layer: int | None, point: str) -> bool:
+        if self.targets is None:
+            return True
+        return point in self.targets if layer is None else (
+            point in self.targets or f"layer_{layer}.{point}" in self.targets)
 
 
 class BitFitComposer(OutputComposer):
@@ -71,9 +102,6 @@ class BiasOffset(keras.layers.Layer):
         return config
 
 
-_NORM_POINTS = ("attention_ln", "output_ln")
-
-
 class BitFitMethod(AdapterMethod):
     """The bias offsets of one BitFit adapter, one `BiasOffset` per bias vector of the base."""
 
@@ -83,11 +111,15 @@ class BitFitMethod(AdapterMethod):
         self.locations, self.offsets = [], []
         for i in range(bert_config.num_hidden_layers):
             for point in _DENSE_POINTS + _NORM_POINTS:
+                if not config.covers(i, point):
+                    continue
                 self.locations.append((i, point))
                 self.offsets.append(BiasOffset(sizes.get(point, bert_config.hidden_size),
                                                dtype=self.dtype_policy,
                                                name=f"layer_{i}_{point.replace('.', '_')}"))
-        for point in ("pooler", "embeddings_ln"):
+        for point in _OUTSIDE:
+            if not config.covers(None, point):
+                continue
             self.locations.append((None, point))
             self.offsets.append(BiasOffset(bert_config.hidden_size, dtype=self.dtype_policy,
                                            name=point))

@@ -110,6 +110,7 @@ class BnConfig(AdapterConfig):
     inv_adapter_reduction_factor: float | None = None
 
     architecture = "bottleneck"
+    own_fields = {"task_layer_norm": False}
     location_flags = ("mh_adapter", "output_adapter")
     combines_at_other_locations = True
     union_label = "bottleneck adapters"

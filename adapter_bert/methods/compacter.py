@@ -32,8 +32,10 @@ from typing import Union
 import keras
 from keras import ops
 
+from adapter_bert.configuration import AdapterConfig
 from adapter_bert.methods.bottleneck import (BnConfig, DoubleSeqBnConfig, SeqBnConfig,
                                              register_projection)
+from adapter_bert.methods.base import BuiltFromConfig
 from adapter_bert.methods.registry import register_method
 
 NONLINEARITIES = ("glorot-normal", "glorot-uniform", "normal")
@@ -112,7 +114,7 @@ class _Untracked:
         self.value = value
 
 
-class PHMShared(keras.layers.Layer):
+class PHMShared(BuiltFromConfig, keras.layers.Layer):
     """An adapter's shared PHM weights: its rules and, with `shared_W_phm`, its W factors."""
 
     def __init__(self, config: BnConfig, hidden_size: int, **kwargs):
@@ -151,6 +153,22 @@ class PHMLayer(keras.layers.Layer):
         self.b = (self.add_weight(shape=(out_features,), initializer="zeros", name="b")
                   if config.phm_bias else None)
         self.built = True
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(in_features=self.in_features, out_features=self.out_features,
+                      position=self.position, config=self.config.config_dict())
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        """A standalone layer: the weights the adapter shares between its layers are its own."""
+        config = dict(config)
+        bn_config = AdapterConfig.load(config.pop("config"))
+        hidden = config["in_features"] if config["position"] == "down" else config["out_features"]
+        shared = (PHMShared(bn_config, hidden, dtype=config.get("dtype"), name="shared")
+                  if bn_config.shared_phm_rule or bn_config.shared_W_phm else None)
+        return cls(config=bn_config, shared=shared, **config)
 
     def kernel(self):
         shared = self._shared.value

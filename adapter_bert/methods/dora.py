@@ -109,7 +109,8 @@ class DoRADense(LoRADense):
 class DoRAMethod(DenseHookMethod):
     """All `DoRADense` updates of one adapter."""
 
-    def make_hook(self, input_dim: int, output_dim: int, name: str) -> keras.layers.Layer:
+    def make_hook(self, input_dim: int, output_dim: int, name: str,
+                  location: tuple = (None, None)) -> keras.layers.Layer:
         cfg = self.config
         return DoRADense(input_dim, output_dim, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
                          init_weights=cfg.init_weights, use_gating=cfg.use_gating,

@@ -26,7 +26,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from adapter_bert.methods.lora import DenseHookMethod, LoRAComposer, LoRAConfig, make_gate
+from adapter_bert.bert.hooks import OutputComposer
+from adapter_bert.methods.lora import (DenseHookMethod, LoRAComposer, LoRAConfig, check_targets,
+                                       make_gate, matches)
 from adapter_bert.methods.registry import register_method
 
 
@@ -43,6 +45,15 @@ class IA3Config(LoRAConfig):
     attn_matrices: list = dataclasses.field(default_factory=lambda: ["k", "v"])
     composition_mode: str = "scale"
     init_weights: str = "ia3"
+    #: Targets (named as `target_modules`) whose vector scales the layer's input rather than its
+    #: output: PEFT's (IA)^3 does this for the FFN's second Dense.
+    feedforward_modules: list = dataclasses.field(default_factory=list)
+
+    own_fields = dict(LoRAConfig.own_fields, feedforward_modules=[])
+
+    def validate(self):
+        super().validate()
+        check_targets(self.feedforward_modules, "feedforward_modules")
 
 
 # The adapters library's `init_weights` names, so a config from there starts from the same vector.
@@ -117,6 +128,56 @@ class IA3Scale(keras.layers.Layer):
         return config
 
 
+class InputScaleComposer(OutputComposer):
+    """(IA)^3 vectors on a Dense layer's input map its output like any output hook."""
+
+
+class IA3InputScale(keras.layers.Layer):
+    """A learned per-feature scale of one Dense layer's input, `W (l * x) + b` (PEFT's (IA)^3 on
+    feed-forward layers), computed as `y + W ((l - 1) * x)` from the frozen layer's output.
+
+    The hook reads the Dense layer's kernel through `bind` (the method binds it when it attaches),
+    so the base kernel never becomes one of the adapter's weights.
+    """
+
+    composer = InputScaleComposer
+
+    def __init__(self, input_dim: int, init_weights: str = "ia3", **kwargs):
+        if init_weights not in _INITIALIZERS:
+            raise ValueError(f"init_weights must be 'lora', 'bert' or 'ia3', got {init_weights!r}")
+        super().__init__(**kwargs)
+        self.input_dim, self.init_weights = input_dim, init_weights
+        self._dense = None
+        self._backup = None
+        self.build(None)
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(self.input_dim,),
+                                     initializer=_INITIALIZERS[self.init_weights](), name="scale")
+        self.built = True
+
+    def bind(self, dense) -> None:
+        self._dense = lambda: dense  # a closure, which Keras does not track as a sublayer
+
+    def call(self, x, y, training=None):
+        kernel = ops.cast(self._dense().kernel, x.dtype)
+        return y + ops.matmul(x * (ops.cast(self.scale, x.dtype) - 1), kernel)
+
+    def merge_into(self, dense) -> None:
+        self._backup = dense.kernel.numpy().copy()
+        factor = np.asarray(self.scale.numpy(), np.float64)
+        dense.kernel.assign((self._backup.astype(np.float64) * factor[:, None]).astype(self._backup.dtype))
+
+    def reset(self, dense) -> None:
+        dense.kernel.assign(self._backup)
+        self._backup = None
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(input_dim=self.input_dim, init_weights=self.init_weights)
+        return config
+
+
 class IA3Method(DenseHookMethod):
     """All `IA3Scale`s of one adapter."""
 
@@ -129,8 +190,24 @@ class IA3Method(DenseHookMethod):
             raise ValueError(f"(IA)^3 (composition_mode='scale') has no dropout, got "
                              f"dropout={config.dropout}")
         super().__init__(config, bert_config, **kwargs)
+        stray = [t for t in config.feedforward_modules
+                 if not any(matches([t], *location) for location in self.locations)]
+        if stray:
+            raise ValueError(f"feedforward_modules {stray} are not among the adapted targets")
 
-    def make_hook(self, input_dim: int, output_dim: int, name: str) -> keras.layers.Layer:
+    def bind(self, encoder) -> None:
+        for hook, dense in self._targets(encoder):
+            if isinstance(hook, IA3InputScale):
+                hook.bind(dense)
+
+    def make_hook(self, input_dim: int, output_dim: int, name: str,
+                  location: tuple = (None, None)) -> keras.layers.Layer:
+        if matches(self.config.feedforward_modules, *location):
+            if self.config.alpha != 1 or self.config.use_gating:
+                raise ValueError("feedforward_modules scale the input by the vector alone: they "
+                                 "take no alpha and no gate")
+            return IA3InputScale(input_dim, init_weights=self.config.init_weights,
+                                 dtype=self.dtype_policy, name=name)
         return IA3Scale(output_dim, alpha=self.config.alpha, init_weights=self.config.init_weights,
                         input_dim=input_dim, use_gating=self.config.use_gating,
                         dtype=self.dtype_policy, name=name)

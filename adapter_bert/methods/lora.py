@@ -33,7 +33,8 @@ True
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+import re
+from typing import Any, ClassVar, NamedTuple
 
 import keras
 import numpy as np
@@ -45,6 +46,37 @@ from adapter_bert.methods.base import AdapterMethod, check_leave_out
 from adapter_bert.methods.registry import register_method
 
 _ATTN_TARGETS = {"q": "attention.query", "k": "attention.key", "v": "attention.value"}
+#: Every Dense of a layer a LoRA-like hook can adapt, in the order they are placed; "pooler" (the
+#: pooler's Dense) is the one outside the layers.
+DENSE_TARGETS = ("attention.query", "attention.key", "attention.value", "attention.output",
+                 "intermediate", "output")
+_LAYER_TARGET = re.compile(r"^layer_(\d+)\.(" + "|".join(re.escape(t) for t in DENSE_TARGETS) + r")$")
+
+
+def check_targets(values, what: str) -> None:
+    """Target names are a Dense of every layer (`"attention.output"`), of one layer
+    (`"layer_1.attention.output"`) or `"pooler"`; anything else is a one-line error."""
+    if not isinstance(values, (list, tuple, dict)):
+        raise ValueError(f"{what} must be a list of targets, got {values!r}")
+    for value in values:
+        if value not in DENSE_TARGETS and value != "pooler" and not _LAYER_TARGET.match(str(value)):
+            raise ValueError(f"{what}: unknown target {value!r}; known: {', '.join(DENSE_TARGETS)}, "
+                             "pooler, or one layer's as 'layer_<i>.<target>'")
+
+
+def target_key(layer: int | None, point: str) -> str:
+    """The name of one adapted Dense: `"layer_3.attention.query"`, or `"pooler"`."""
+    return point if layer is None else f"layer_{layer}.{point}"
+
+
+def matches(targets, layer: int | None, point: str) -> bool:
+    """Whether `targets` (see `check_targets`) name the Dense `point` of `layer`."""
+    return target_key(layer, point) in targets or (layer is not None and point in targets)
+
+
+def pattern_value(pattern: dict, layer: int | None, point: str, default):
+    """A per-target value: one layer's entry first, then the target's, else `default`."""
+    return pattern.get(target_key(layer, point), pattern.get(point, default))
 
 
 @dataclasses.dataclass(eq=True)
@@ -68,6 +100,13 @@ class LoRAConfig(AdapterConfig):
             `sigmoid(Dense(1)(x))` instead of `alpha / r`, as in the adapters library.
         use_dora: DoRA's magnitude and direction (`adapter_bert.methods.dora`).
         vera_d / vera_b: VeRA's initial scales (`adapter_bert.methods.vera`); None: not VeRA.
+        target_modules: the Dense layers to adapt by name, replacing the location flags and
+            `attn_matrices` when given: any of `DENSE_TARGETS` (in every layer not left out),
+            one layer's (`"layer_1.output"`) or `"pooler"`. PEFT's LoRA reaches all of these.
+        rank_pattern / alpha_pattern: per-target `r` / `alpha` overriding the defaults, keyed
+            like `target_modules` (one layer's entry wins over the target's), as PEFT's.
+        use_rslora: scale the update by `alpha / sqrt(r)` (rank-stabilised LoRA) instead of
+            `alpha / r`.
     """
 
     selfattn_lora: bool = True
@@ -84,8 +123,14 @@ class LoRAConfig(AdapterConfig):
     use_dora: bool = False
     vera_d: float | None = None
     vera_b: float | None = None
+    target_modules: list | None = None
+    rank_pattern: dict = dataclasses.field(default_factory=dict)
+    alpha_pattern: dict = dataclasses.field(default_factory=dict)
+    use_rslora: bool = False
 
     architecture = "lora"
+    own_fields: ClassVar[dict[str, Any]] = {"target_modules": None, "rank_pattern": {},
+                                             "alpha_pattern": {}, "use_rslora": False}
     location_flags = ("selfattn_lora", "intermediate_lora", "output_lora")
     union_label = "LoRA / (IA)^3 configs"
     # The library's init seed, DoRA, VeRA and reduced-precision variants: adapter_bert has none.
@@ -114,8 +159,43 @@ class LoRAConfig(AdapterConfig):
         if self.use_dora and (self.vera_d is not None or self.vera_b is not None) \
                 and self.composition_mode == "scale":
             raise ValueError("use_dora and VeRA's vera_d / vera_b apply to composition_mode='add'")
-        if not (self.selfattn_lora or self.intermediate_lora or self.output_lora):
+        if not (self.selfattn_lora or self.intermediate_lora or self.output_lora) \
+                and self.target_modules is None:
             raise ValueError("enable at least one of selfattn_lora, intermediate_lora, output_lora")
+        if self.target_modules is not None:
+            check_targets(self.target_modules, "target_modules")
+            if not self.target_modules:
+                raise ValueError("target_modules names no layer; give at least one target")
+        for name, kind in (("rank_pattern", int), ("alpha_pattern", (int, float))):
+            pattern = getattr(self, name)
+            check_targets(pattern, name)
+            bad = {k: v for k, v in pattern.items()
+                   if isinstance(v, bool) or not isinstance(v, kind) or v <= 0}
+            if bad:
+                raise ValueError(f"{name} values must be positive numbers, got {bad}")
+        custom = self.rank_pattern or self.alpha_pattern or self.use_rslora
+        if custom and not is_plain_lora(self.to_dict()) or custom and self.use_gating:
+            raise ValueError("rank_pattern, alpha_pattern and use_rslora apply to plain LoRA")
+
+    def dense_targets(self, num_layers: int) -> list[tuple[int | None, str]]:
+        """`(layer, target)` of every Dense this config adapts, layer by layer; `(None,
+        "pooler")` last."""
+        layers = self.layers(num_layers)
+        if self.target_modules is None:
+            return [(i, point) for i in layers for point in self.hook_points()]
+        beyond = sorted({int(m.group(1)) for t in self.target_modules
+                         if (m := _LAYER_TARGET.match(str(t))) and int(m.group(1)) >= num_layers})
+        if beyond:
+            raise ValueError(f"target_modules name layers {beyond} of a {num_layers}-layer model")
+        out = [(i, point) for i in layers for point in DENSE_TARGETS
+               if matches(self.target_modules, i, point)]
+        return out + ([(None, "pooler")] if "pooler" in self.target_modules else [])
+
+    def rank(self, layer: int | None, point: str) -> int:
+        return pattern_value(self.rank_pattern, layer, point, self.r)
+
+    def scaling_alpha(self, layer: int | None, point: str):
+        return pattern_value(self.alpha_pattern, layer, point, self.alpha)
 
     def hook_points(self) -> list[str]:
         """The Dense hook points of each adapted layer, in a fixed order."""
@@ -217,14 +297,14 @@ class LoRADense(keras.layers.Layer):
 
     def __init__(self, input_dim: int, output_dim: int, r: int = 8, alpha: float = 8,
                  dropout: float = 0.0, init_weights: str = "lora", use_gating: bool = False,
-                 **kwargs):
+                 use_rslora: bool = False, **kwargs):
         if init_weights not in ("lora", "bert", "ia3"):
             raise ValueError(f"init_weights must be 'lora', 'bert' or 'ia3', got {init_weights!r}")
         super().__init__(**kwargs)
         self.input_dim, self.output_dim = input_dim, output_dim
         self.r, self.alpha, self.dropout_rate = r, alpha, dropout
-        self.init_weights, self.use_gating = init_weights, use_gating
-        self.scaling = alpha / r
+        self.init_weights, self.use_gating, self.use_rslora = init_weights, use_gating, use_rslora
+        self.scaling = alpha / (r ** 0.5 if use_rslora else r)
         self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy, name="dropout")
         self.gate = make_gate(input_dim, 1, dtype=self.dtype_policy) if use_gating else None
         self._backup = None
@@ -277,7 +357,7 @@ class LoRADense(keras.layers.Layer):
         config = super().get_config()
         config.update(input_dim=self.input_dim, output_dim=self.output_dim, r=self.r,
                       alpha=self.alpha, dropout=self.dropout_rate, init_weights=self.init_weights,
-                      use_gating=self.use_gating)
+                      use_gating=self.use_gating, use_rslora=self.use_rslora)
         return config
 
 
@@ -288,31 +368,32 @@ class DenseHookMethod(AdapterMethod):
 
     def __init__(self, config: LoRAConfig, bert_config, **kwargs):
         super().__init__(config, bert_config, **kwargs)
-        sizes = {"attention.query": (bert_config.hidden_size,) * 2,
-                 "attention.key": (bert_config.hidden_size,) * 2,
-                 "attention.value": (bert_config.hidden_size,) * 2,
-                 "intermediate": (bert_config.hidden_size, bert_config.intermediate_size),
-                 "output": (bert_config.intermediate_size, bert_config.hidden_size)}
+        hidden, intermediate = bert_config.hidden_size, bert_config.intermediate_size
+        sizes = dict.fromkeys(("attention.query", "attention.key", "attention.value",
+                               "attention.output", "pooler"), (hidden, hidden))
+        sizes.update(intermediate=(hidden, intermediate), output=(intermediate, hidden))
         self.locations, self.updates = [], []
-        for i in self.layer_indices():
-            for point in config.hook_points():
-                name = f"layer_{i}_{point.replace('.', '_')}"
-                self.updates.append(self.make_hook(*sizes[point], name=name))
-                self.locations.append((i, point))
+        for i, point in config.dense_targets(bert_config.num_hidden_layers):
+            name = target_key(i, point).replace(".", "_")
+            self.updates.append(self.make_hook(*sizes[point], name=name, location=(i, point)))
+            self.locations.append((i, point))
         self.built = True
 
-    def make_hook(self, input_dim: int, output_dim: int, name: str) -> keras.layers.Layer:
+    def make_hook(self, input_dim: int, output_dim: int, name: str,
+                  location: tuple = (None, None)) -> keras.layers.Layer:
         cfg = self.config
-        return LoRADense(input_dim, output_dim, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
-                         init_weights=cfg.init_weights, use_gating=cfg.use_gating,
+        return LoRADense(input_dim, output_dim, r=cfg.rank(*location), alpha=cfg.scaling_alpha(*location),
+                         dropout=cfg.dropout, init_weights=cfg.init_weights,
+                         use_gating=cfg.use_gating, use_rslora=cfg.use_rslora,
                          dtype=self.dtype_policy, name=name)
 
     def placements(self):
-        return [(f"layer_{i}.{point}", hook) for hook, (i, point) in zip(self.updates, self.locations)]
+        return [("pooler.dense" if i is None else f"layer_{i}.{point}", hook)
+                for hook, (i, point) in zip(self.updates, self.locations)]
 
     def _targets(self, encoder):
         for hook, (i, point) in zip(self.updates, self.locations):
-            yield hook, encoder.layers[i].sublayer(point)
+            yield hook, encoder.pooler.dense if i is None else encoder.layers[i].sublayer(point)
 
     def merge(self, encoder, adapter: str) -> None:
         """Folds every update into its Dense kernel and unregisters the hooks (they would count twice)."""

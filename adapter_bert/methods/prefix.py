@@ -55,6 +55,9 @@ class PrefixTuningConfig(AdapterConfig):
         use_gating: UniPELT's gate on the prefixes: per example, the mean over its real tokens of
             `sigmoid(Dense(x))` of the attention input scales the prefix keys and values.
         shared_gating: one gate for keys and values (else one each).
+        shift_positions: number the input's tokens after the prefix (position ids start at
+            `prefix_length`), as Hugging Face's BERT does for cached keys and so PEFT's prefix
+            tuning does; the adapters library's does not.
     """
 
     encoder_prefix: bool = True
@@ -67,8 +70,10 @@ class PrefixTuningConfig(AdapterConfig):
     dropout: float = 0.0
     use_gating: bool = False
     shared_gating: bool = True
+    shift_positions: bool = False
 
     architecture = "prefix_tuning"
+    own_fields = {"shift_positions": False}
     variant_fields = ("flat",)
     library_only = {"init_weights_seed": None}
 
@@ -282,6 +287,39 @@ class PrefixAttention:
         return key, value, mask_bias
 
 
+class PositionState(NamedTuple):
+    positions: Any
+    last: Any = None
+
+
+class PositionShiftComposer(Composer):
+    """Prefixes that number the input's tokens after themselves: in a `Stack`, their lengths add
+    up, as Hugging Face's BERT counts all cached positions."""
+
+    kinds = ("positions",)
+    supported_blocks = ("stack",)
+    per_token = False
+    row_aligned = ("positions",)
+
+    def start(self, point_state):
+        return PositionState(point_state[0])
+
+    def single(self, name, hook, state):
+        return state._replace(positions=state.positions + hook.offset, last=name)
+
+    def finish(self, state):
+        return (state.positions,)
+
+
+class PositionShift:
+    """The hook of `shift_positions`: adds the prefix length to the input's position ids."""
+
+    composer = PositionShiftComposer
+
+    def __init__(self, offset: int):
+        self.offset = offset
+
+
 class PrefixTuningMethod(AdapterMethod):
     """Prefix tuning for one adapter: a pool and one `PrefixAttention` hook per prefixed layer."""
 
@@ -304,7 +342,9 @@ class PrefixTuningMethod(AdapterMethod):
         self.built = True
 
     def placements(self):
-        return [(f"layer_{i}.attention.attention", hook) for i, hook in self.prefixes]
+        shift = [("embeddings.positions", PositionShift(self.config.prefix_length))] \
+            if self.config.shift_positions else []
+        return shift + [(f"layer_{i}.attention.attention", hook) for i, hook in self.prefixes]
 
     def ejected(self) -> "PrefixTuningMethod":
         """A flat method with this one's prefixes evaluated once (identical outputs)."""

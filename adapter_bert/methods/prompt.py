@@ -47,14 +47,20 @@ class PromptTuningConfig(AdapterConfig):
         prompt_init: "random_uniform" (U(-0.5, 0.5)) or "from_string" (`prompt_init_text`).
         prompt_init_text: the text whose word embeddings start the prompts.
         combine: "prefix" (before [CLS]) or "prefix_after_bos" (after it).
+        input_embeddings: insert the prompts among the word embeddings instead, before the
+            position and token-type embeddings and the embedding LayerNorm, as PEFT's prompt
+            tuning does: the prompts take positions 0 .. prompt_length - 1 and token type 0, and
+            the input's tokens are numbered after them (`combine="prefix"` only).
     """
 
     prompt_length: int = 10
     prompt_init: str = "random_uniform"
     prompt_init_text: str | None = None
     combine: str = "prefix"
+    input_embeddings: bool = False
 
     architecture = "prompt_tuning"
+    own_fields = {"input_embeddings": False}
     library_only = {"init_weights_seed": None}
     #: The library's uniform range (a class attribute there too, never saved).
     random_uniform_scale = 0.5
@@ -69,6 +75,8 @@ class PromptTuningConfig(AdapterConfig):
             raise ValueError("prompt_init='from_string' needs prompt_init_text")
         if self.combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}, got {self.combine!r}")
+        if self.input_embeddings and self.combine != "prefix":
+            raise ValueError("input_embeddings prompts go before the input (combine='prefix')")
 
 
 class PromptState(NamedTuple):
@@ -147,7 +155,8 @@ class PromptTuningMethod(AdapterMethod):
         self.built = True
 
     def placements(self):
-        return [("embeddings.output", self.prompt)]
+        return [("embeddings.words" if self.config.input_embeddings else "embeddings.output",
+                 self.prompt)]
 
     def init_from_base(self, encoder, checkpoint_dir=None) -> None:
         cfg = self.config

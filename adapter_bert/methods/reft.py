@@ -36,7 +36,7 @@ from keras import ops
 
 from adapter_bert.bert.hooks import Composer
 from adapter_bert.configuration import AdapterConfig
-from adapter_bert.methods.base import ACTIVATIONS, AdapterMethod, check_activation
+from adapter_bert.methods.base import ACTIVATIONS, AdapterMethod, BuiltFromConfig, check_activation
 from adapter_bert.methods.registry import register_method
 
 
@@ -66,6 +66,7 @@ class ReftConfig(AdapterConfig):
     non_linearity: str | None = None
 
     architecture = "reft"
+    own_fields = {"subtract_projection": True}
     library_only = {"init_weights_seed": None, "dtype": None, "output_reft": True}
 
     def validate(self):
@@ -188,13 +189,14 @@ class ReftUnit(keras.layers.Layer):
         return config
 
 
-class ReftIntervention(keras.layers.Layer):
+class ReftIntervention(BuiltFromConfig, keras.layers.Layer):
     """The interventions after one layer: a unit for the prefix and one for the suffix positions."""
 
     composer = ReftComposer
 
     def __init__(self, config: ReftConfig, hidden_size: int, **kwargs):
         super().__init__(**kwargs)
+        self.config, self.hidden_size = config, hidden_size
         self.prefix_positions, self.suffix_positions = config.prefix_positions, config.suffix_positions
         self.units = [ReftUnit(hidden_size, config.r, config.orthogonality,
                                config.subtract_projection, config.non_linearity, config.dropout,

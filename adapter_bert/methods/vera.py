@@ -144,7 +144,8 @@ class VeRAMethod(DenseHookMethod):
         for hook in self.updates:
             hook.bind(shared)
 
-    def make_hook(self, input_dim: int, output_dim: int, name: str) -> keras.layers.Layer:
+    def make_hook(self, input_dim: int, output_dim: int, name: str,
+                  location: tuple = (None, None)) -> keras.layers.Layer:
         cfg = self.config
         return VeRADense(input_dim, output_dim, r=cfg.r, alpha=cfg.alpha,
                          vera_d=0.0 if cfg.vera_d is None else cfg.vera_d,
