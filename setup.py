@@ -29,7 +29,9 @@ setup(
     extras_require={
         # tensorflow-serving-api: the tests build a PredictRequest for the exported SavedModel;
         # nbclient / nbformat / ipykernel: the tests execute the Colab notebook's CPU cells.
-        "test": ["pytest>=8,<10", "tensorflow-serving-api>=2.21,<2.22", "nbclient>=0.10,<1",
+        # pytest-xdist: the suite runs on both cores (pytest.ini).
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.8,<4", "tensorflow-serving-api>=2.21,<2.22",
+                 "nbclient>=0.10,<1",
                  "nbformat>=5.10,<6", "ipykernel>=6.29,<8"],
         # bench/report.py draws docs/RESULTS.md's plots.
         "bench": ["matplotlib>=3.9,<4"],
