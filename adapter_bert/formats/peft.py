@@ -575,7 +575,7 @@ def _prompt_files(method, name):
                   auto_mapping=None, num_attention_heads=bert.num_attention_heads,
                   num_layers=bert.num_hidden_layers, num_virtual_tokens=cfg.prompt_length,
                   token_dim=bert.hidden_size)
-    return config, {"prompt_embeddings": _t(method.prompt.prompts).T.copy()}
+    return config, {"prompt_embeddings": np.array(method.prompt.prompts.numpy(), np.float32)}
 
 
 def _t(variable) -> np.ndarray:
