@@ -36,8 +36,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from adapter_bert.bert.checkpoint import (encoder_state, load_pretrained_encoder,
-                                          load_state_into_encoder)
+from adapter_bert.bert.checkpoint import (base_part_names, base_variables_by_part, encoder_state,
+                                          load_pretrained_encoder, load_state_into_encoder)
 from adapter_bert.bert.config import BertConfig
 from adapter_bert.averaging import average_heads, average_modules
 from adapter_bert.bert.encoder import BertEncoder
@@ -156,9 +156,14 @@ class AdapterModule(keras.layers.Layer):
             blocks = method.supported_blocks() if blocks is None else blocks & method.supported_blocks()
         return blocks
 
+    def base_parts(self) -> list[str]:
+        """The parts of the base this adapter trains (full or partial fine-tuning), bottom to top."""
+        parts = {p for m in self.methods for p in m.base_parts()}
+        return [p for p in base_part_names(self.bert_config.num_hidden_layers) if p in parts]
+
     @property
     def trains_base(self) -> bool:
-        return any(m.trains_base for m in self.methods)
+        return bool(self.base_parts())
 
     @property
     def merged(self) -> bool:
@@ -477,7 +482,7 @@ class AdapterBertModel(keras.Model):
                 raise ValueError(f"adapter {name!r} is merged into the base; reset_adapter({name!r}) "
                                  "before training it")
         self.set_active_adapters(setup)
-        self.bert.trainable = any(self.adapter_modules[n].trains_base for n in names)
+        self._train_base_parts({p for n in names for p in self.adapter_modules[n].base_parts()})
         for other_name, other in self.adapter_modules.items():
             other.trainable = other_name in names
         for fusion in self.fusion_modules.values():
@@ -487,6 +492,17 @@ class AdapterBertModel(keras.Model):
         self._training_adapters = set(names)
         self._training_fusions = set()
         self._swap_traces()
+
+    def _train_base_parts(self, parts) -> None:
+        """Makes the base's weights of `parts` (`base_part` names) trainable, the rest frozen."""
+        encoder = self.bert
+        encoder.trainable = bool(parts)  # Keras lists no weight of an untrainable parent
+        if not parts:
+            return
+        layers = {"embeddings": encoder.embeddings, "pooler": encoder.pooler}
+        layers.update({f"layer_{i}": layer for i, layer in enumerate(encoder.layers)})
+        for part, layer in layers.items():
+            layer.trainable = part in parts
 
     def freeze_model(self) -> None:
         """Makes every weight untrainable (inference)."""
@@ -899,6 +915,15 @@ class AdapterBertModel(keras.Model):
             return [self._head(n, outputs, mask, inputs, training) for n in heads]
         return self._head(heads, outputs, mask, inputs, training)
 
+    def head_logits(self, name: str, outputs: dict, inputs: dict, training=None):
+        """Head `name` applied to encoder outputs `outputs` of `inputs` (`self.bert(inputs)`):
+        several heads on one encoder pass (learning without forgetting reads an earlier task's
+        head beside the one being trained)."""
+        mask = inputs.get("attention_mask", inputs.get("padding_mask"))
+        if mask is None:
+            mask = keras.ops.ones_like(inputs["input_ids"])
+        return self._head(name, outputs, mask, inputs, training)
+
     def _head(self, name, outputs, mask, inputs, training):
         """Head `name` on encoder outputs; a masked-LM head also gets the positions to decode
         and the inverse of the setup's invertible adapter."""
@@ -1000,7 +1025,8 @@ class AdapterBertModel(keras.Model):
         from safetensors.numpy import save_file
 
         if module.trains_base:
-            weights = {f"bert.{k}": np.ascontiguousarray(v) for k, v in encoder_state(self.bert).items()}
+            weights = {f"bert.{k}": np.ascontiguousarray(v)
+                       for k, v in encoder_state(self.bert, module.base_parts()).items()}
         else:
             weights = {k: np.ascontiguousarray(v.numpy()) for k, v in module.named_variables().items()}
         with atomic_directory(directory) as tmp:
@@ -1101,7 +1127,8 @@ class AdapterBertModel(keras.Model):
             head = self._read_head(directory, name)
         base_state = None
         if module.trains_base:
-            base_state = {k.removeprefix("bert."): v for k, v in weights.items()}
+            base_state = ({k.removeprefix("bert."): v for k, v in weights.items()},
+                          module.base_parts())
         else:
             assign_named(module.named_variables(), weights, directory / ADAPTER_WEIGHTS_FILE)
         return name, module, head, (base_state, directory / ADAPTER_WEIGHTS_FILE)
@@ -1138,7 +1165,9 @@ class AdapterBertModel(keras.Model):
     def _put(self, name, module, head, base_state) -> None:
         state, source = base_state
         if state is not None:
-            load_state_into_encoder(self.bert, state, source=str(source))
+            # A partial fine-tuning's file holds its parts of the base only.
+            state, parts = state if isinstance(state, tuple) else (state, None)
+            load_state_into_encoder(self.bert, state, source=str(source), parts=parts)
         self._install(name, module)
         if head is not None:
             head.trainable = False
@@ -1159,6 +1188,10 @@ class AdapterBertModel(keras.Model):
 
     # --- reporting ---------------------------------------------------------------------------------
 
+    def _base_params(self, parts) -> int:
+        by_part = base_variables_by_part(self.bert)
+        return int(sum(np.prod(v.shape) for p in parts for v in by_part[p].values()))
+
     def adapter_summary(self, as_dict: bool = False):
         """A table of adapters, the active setup, and the PEFT-style parameter line.
 
@@ -1173,7 +1206,8 @@ class AdapterBertModel(keras.Model):
         for name, module in self.adapter_modules.items():
             label = config_identifier(module.config) + (" (merged)" if module.merged else "")
             rows.append({"name": name, "architecture": label,
-                         "params": base_params if module.trains_base else module.num_params(),
+                         "params": (self._base_params(module.base_parts()) if module.trains_base
+                                    else module.num_params()),
                          "active": name in active, "train": name in self._training_adapters})
         fused = _fusion_names(self.active_adapters)
         for name, fusion in self.fusion_modules.items():

@@ -16,7 +16,8 @@ LEVELS = [
     ("adapter_bert.composition", "adapter_bert.averaging", "adapter_bert.fusion",
      "adapter_bert.heads"),
     ("adapter_bert.model",),
-    ("adapter_bert.formats", "adapter_bert.export", "adapter_bert.objectives"),
+    ("adapter_bert.formats", "adapter_bert.export", "adapter_bert.objectives",
+     "adapter_bert.techniques"),
     ("adapter_bert.training", "adapter_bert.launch"),
 ]
 

@@ -256,13 +256,51 @@ def _hf_variable_map(encoder: BertEncoder) -> dict[str, tuple[object, bool]]:
     return mapping
 
 
-def load_state_into_encoder(encoder: BertEncoder, state: dict[str, np.ndarray], source="") -> None:
+def base_part(name: str) -> str:
+    """The part of the base a Hugging Face weight name belongs to: `"embeddings"`,
+    `"layer_<i>"` or `"pooler"` (the units of partial fine-tuning, layer-wise learning rates and
+    `weight_change`).
+
+    Example:
+    >>> [base_part(n) for n in ("embeddings.LayerNorm.bias", "encoder.layer.3.output.dense.weight",
+    ...                         "pooler.dense.bias")]
+    ['embeddings', 'layer_3', 'pooler']
+    """
+    if name.startswith("encoder.layer."):
+        return "layer_" + name.split(".")[2]
+    return name.split(".")[0]
+
+
+def is_transposed(name: str) -> bool:
+    """Whether the Hugging Face weight `name` is a Dense kernel (`[out, in]` there, `[in, out]` in
+    Keras)."""
+    return name.endswith(".weight") and "LayerNorm" not in name and not name.startswith("embeddings.")
+
+
+def base_part_names(num_layers: int) -> list[str]:
+    """Every part of a `num_layers`-layer base, bottom to top."""
+    return ["embeddings"] + [f"layer_{i}" for i in range(num_layers)] + ["pooler"]
+
+
+def base_variables_by_part(encoder: BertEncoder) -> dict[str, dict[str, object]]:
+    """`{part: {HF name: variable}}` for every part of the encoder, bottom to top."""
+    parts = {part: {} for part in base_part_names(len(encoder.layers))}
+    for name, (variable, _) in _hf_variable_map(encoder).items():
+        parts[base_part(name)][name] = variable
+    return parts
+
+
+def load_state_into_encoder(encoder: BertEncoder, state: dict[str, np.ndarray], source="",
+                            parts=None) -> None:
     """Assigns a Hugging Face-named state dict to `encoder`, checking every tensor first.
 
     Nothing is assigned unless every weight is present with the right shape, so a failed load leaves
-    the encoder as it was.
+    the encoder as it was. With `parts` (see `base_part`), `state` holds the weights of those parts
+    only (a partial fine-tuning's), and the rest of the encoder stays as it is.
     """
     mapping = _hf_variable_map(encoder)
+    if parts is not None:
+        mapping = {k: v for k, v in mapping.items() if base_part(k) in parts}
     where = f" in {source}" if source else ""
     state = {k: v for k, v in state.items() if not _IGNORED.match(k)}
     missing = sorted(set(mapping) - set(state))
@@ -287,10 +325,12 @@ def load_state_into_encoder(encoder: BertEncoder, state: dict[str, np.ndarray], 
         variable.assign(values[name].astype(variable.dtype))
 
 
-def encoder_state(encoder: BertEncoder) -> dict[str, np.ndarray]:
-    """The encoder's weights as a Hugging Face-named, HF-oriented state dict (inverse of loading)."""
+def encoder_state(encoder: BertEncoder, parts=None) -> dict[str, np.ndarray]:
+    """The encoder's weights as a Hugging Face-named, HF-oriented state dict (inverse of loading);
+    with `parts`, the weights of those parts only."""
     return {name: (np.asarray(v.numpy()).T if transpose else np.asarray(v.numpy()))
-            for name, (v, transpose) in _hf_variable_map(encoder).items()}
+            for name, (v, transpose) in _hf_variable_map(encoder).items()
+            if parts is None or base_part(name) in parts}
 
 
 def save_hf_checkpoint(encoder: BertEncoder, directory: str | os.PathLike,

@@ -82,8 +82,6 @@ class AdapterMethod(keras.layers.Layer):
     (LoRA, (IA)^3) implement `merge` / `reset`.
     """
 
-    #: True for full fine-tuning: the base's own weights are what this method trains.
-    trains_base: bool = False
     #: True when `merge` / `reset` are implemented.
     mergeable: bool = False
 
@@ -142,9 +140,17 @@ class AdapterMethod(keras.layers.Layer):
     def reset(self, encoder, adapter: str) -> None:
         raise TypeError(f"{type(self).__name__} has nothing merged to reset")
 
-    def base_variables(self, encoder) -> list:
-        """Base weights this method trains (full fine-tuning); adapters train none."""
+    def base_parts(self) -> list[str]:
+        """The parts of the base whose own weights this method trains (`"embeddings"`,
+        `"layer_<i>"`, `"pooler"`; see `adapter_bert.bert.checkpoint.base_part`): all of them for
+        full fine-tuning, the top layers for partial fine-tuning; adapters train none."""
         return []
+
+    @property
+    def trains_base(self) -> bool:
+        """Whether the base's own weights are what this method trains (its saved file holds
+        them)."""
+        return bool(self.base_parts())
 
     def named_variables(self) -> dict[str, keras.Variable]:
         return named_variables(self)

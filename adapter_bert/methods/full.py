@@ -1,7 +1,7 @@
 """Full fine-tuning: the baseline every parameter-efficient method is compared against.
 
-It adds no weights; `trains_base` tells `AdapterBertModel.train_adapter` to make every base weight
-trainable, and `save_adapter` then writes the whole encoder. Unlike the adapters, it changes the
+It adds no weights; `base_parts` (every part of the base) tells `AdapterBertModel.train_adapter`
+to make every base weight trainable, and `save_adapter` then writes the whole encoder. Unlike the adapters, it changes the
 shared base, so other adapters trained on the original base no longer see the weights they were
 trained with.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from adapter_bert.bert.checkpoint import base_part_names
 from adapter_bert.configuration import AdapterConfig
 from adapter_bert.methods.base import AdapterMethod
 from adapter_bert.methods.registry import register_method
@@ -34,8 +35,6 @@ class FullFinetuningConfig(AdapterConfig):
 class FullFinetuningMethod(AdapterMethod):
     """No new weights; the base's own weights are trained."""
 
-    trains_base = True
-
     def __init__(self, config: FullFinetuningConfig, bert_config, **kwargs):
         super().__init__(config, bert_config, **kwargs)
         self.built = True
@@ -43,8 +42,8 @@ class FullFinetuningMethod(AdapterMethod):
     def placements(self):
         return []
 
-    def base_variables(self, encoder) -> list:
-        return list(encoder.weights)
+    def base_parts(self) -> list[str]:
+        return base_part_names(self.bert_config.num_hidden_layers)
 
 
 register_method(FullFinetuningConfig, FullFinetuningMethod, identifiers={"full": FullFinetuningConfig()},
