@@ -63,6 +63,18 @@ flags.DEFINE_float("learning_rate", 3e-4, "Peak learning rate of AdamW.")
 flags.DEFINE_float("warmup_ratio", 0.1, "Fraction of steps with linear warmup (then linear decay).")
 flags.DEFINE_float("weight_decay", 0.0, "AdamW decoupled weight decay.")
 flags.DEFINE_float("max_grad_norm", None, "Clip gradients to this norm.")
+flags.DEFINE_float("layer_lr_decay", None, "Layer-wise learning rates: layer l of L trains at "
+                   "lr * D**(L - l), the embeddings lowest, the head at lr.")
+flags.DEFINE_enum("regularizer", None, ["l2sp", "ewc", "kl"],
+                  "Cautious updating: l2sp pulls the trained base weights toward their start, ewc "
+                  "weights that pull by --fisher_from, kl keeps the --load_adapter heads' predictions.")
+flags.DEFINE_float("regularizer_strength", None, "Weight of --regularizer (default 1).")
+flags.DEFINE_string("fisher_from", None, "--regularizer ewc: a run directory (or its "
+                    "fisher.safetensors) written with --save_fisher.")
+flags.DEFINE_bool("save_fisher", False, "Write fisher.safetensors (the diagonal Fisher estimate of "
+                  "the base weights over the training data) beside the adapter.")
+flags.DEFINE_string("gradual_unfreezing", None, "Unfreeze one more layer from the top every "
+                    "interval: N epochs (2, 2epochs) or steps (100steps), starting from the head.")
 flags.DEFINE_integer("seed", 0, "Random seed (data order, init, dropout).")
 flags.DEFINE_integer("max_steps", None, "Stop after this many steps (quick runs).")
 flags.DEFINE_integer("max_train_examples", None, "Use a fixed random subset of the training set (the same for every --seed).")

@@ -198,12 +198,16 @@ class Tensors(dict):
 
 
 def write_file(path: str | os.PathLike, content) -> None:
-    """`Tensors` as a safetensors file, anything else as JSON."""
+    """`Tensors` as a safetensors file, anything else as JSON (both through a temporary file and
+    a rename)."""
     from safetensors.numpy import save_file
     import numpy as np
 
     if isinstance(content, Tensors):
-        save_file({k: np.ascontiguousarray(v) for k, v in content.items()}, str(path),
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file({k: np.ascontiguousarray(v) for k, v in content.items()}, str(tmp),
                   metadata=content.metadata)
+        os.replace(tmp, path)
     else:
         write_json(path, content)

@@ -21,7 +21,8 @@ The techniques act on parts:
 
 `TechniquesAdamW` is AdamW with a learning-rate factor and an Adam step count per weight (a
 weight first updated at step t is updated as a fresh Adam would); with every factor 1 and every
-weight trained from the start it computes what `keras.optimizers.AdamW` does.
+weight trained from the start it computes what `keras.optimizers.AdamW` does on dense gradients
+(an embedding's sparse gradient is made dense first, as PyTorch's Adam sees it).
 
 Example:
 >>> layer_lr_factors(["embeddings", "layer_0", "layer_1", "top"], num_layers=2, decay=0.5)
@@ -148,7 +149,14 @@ def make_techniques_adamw(learning_rate, weight_decay: float = 0.0, clipnorm=Non
             self._factors = [float(factors.get(id(v), 1.0)) for v in var_list]
 
         def update_step(self, gradient, variable, learning_rate):
+            import tensorflow as tf
+
             ops = keras.ops
+            if isinstance(gradient, tf.IndexedSlices):
+                # Dense, as Adam's moments of the summed gradient need: Keras' sparse path
+                # squares a repeated row's parts before summing them, so an embedding row
+                # seen twice in a batch would step by more than the learning rate.
+                gradient = tf.convert_to_tensor(gradient)
             index = self._get_variable_index(variable)
             lr = ops.cast(learning_rate, variable.dtype) * self._factors[index]
             if self.decoupled_weight_decay:

@@ -91,6 +91,12 @@ class TrainingArgs:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     max_grad_norm: float | None = None
+    layer_lr_decay: float | None = None
+    regularizer: str | None = None
+    regularizer_strength: float | None = None
+    fisher_from: str | None = None
+    save_fisher: bool = False
+    gradual_unfreezing: str | None = None
     seed: int = 0
     max_steps: int | None = None
     max_train_examples: int | None = None
@@ -133,7 +139,7 @@ class TrainingArgs:
 
         keep_out = {"saved_models_dir", "log_every", "overwrite", "predict_test", "keep_checkpoints",
                     "strategy", "tpu", "export", "export_only", "merge_for_serving",
-                    "worker_hosts", "task_index"}
+                    "worker_hosts", "task_index", "save_fisher"}
         values = {k: v for k, v in dataclasses.asdict(self).items() if k not in keep_out}
         values["bucket_boundaries"] = list(self.bucket_boundaries)
         # `--task MRPC` and `--task mrpc` are one run.
@@ -146,8 +152,12 @@ class TrainingArgs:
                  **{name: _file_digest(Path(path) / name)
                     for name in ("adapter_config.json", "adapter.safetensors")}}
                 for path in getattr(self, key)]
-        for key in ("train_file", "dev_file"):
+        for key in ("train_file", "dev_file", "fisher_from"):
             path = getattr(self, key)
+            if key == "fisher_from" and path is not None:
+                from adapter_bert.techniques import fisher_file
+
+                path = fisher_file(path)
             values[key] = None if path is None else {"path": str(Path(path).resolve()),
                                                      "sha256": _file_digest(Path(path))}
         if self.load_adapters or self.adapter_setup is not None or self.fusion:
@@ -263,6 +273,7 @@ def validate_args(args: TrainingArgs) -> None:
     if args.method is not None and args.method not in preset_names():
         raise ValueError(f"unknown --method {args.method!r}; known: {', '.join(preset_names())}")
     _check_sizing_flags(args)
+    _check_technique_flags(args, masked_lm)
     above = [b for b in args.bucket_boundaries if b > args.max_seq_length]
     if above:
         raise ValueError(f"--bucket_boundaries {','.join(map(str, above))} above --max_seq_length "
@@ -340,6 +351,43 @@ def _check_sizing_flags(args: TrainingArgs) -> None:
     if method not in sized_presets():
         raise ValueError(f"{' and '.join(given)} do nothing with --method {method}; they resize "
                          f"{sized}")
+
+
+def _check_technique_flags(args: TrainingArgs, masked_lm: bool) -> None:
+    """Layer-wise learning rates, cautious updating and gradual unfreezing (see
+    `adapter_bert.techniques`): values, and the flags each needs or makes meaningless."""
+    from adapter_bert.techniques import REGULARIZERS, fisher_file, parse_interval
+
+    decay = args.layer_lr_decay
+    if decay is not None and not 0 < decay <= 1:
+        raise ValueError(f"--layer_lr_decay must be in (0, 1], got {decay!r}")
+    if args.gradual_unfreezing is not None:
+        parse_interval(args.gradual_unfreezing, steps_per_epoch=1)
+    regularizer = args.regularizer
+    if regularizer is not None and regularizer not in REGULARIZERS:
+        raise ValueError(f"unknown --regularizer {regularizer!r}; known: {', '.join(REGULARIZERS)}")
+    if args.regularizer_strength is not None:
+        if regularizer is None:
+            raise ValueError("--regularizer_strength weighs a --regularizer (l2sp, ewc or kl); "
+                             "none is given")
+        if not args.regularizer_strength > 0:
+            raise ValueError(f"--regularizer_strength must be positive, got "
+                             f"{args.regularizer_strength!r}")
+    if regularizer == "ewc":
+        if args.fisher_from is None:
+            raise ValueError("--regularizer ewc needs --fisher_from DIR (the Fisher estimate a run "
+                             "with --save_fisher wrote)")
+        fisher_file(args.fisher_from)
+    elif args.fisher_from is not None:
+        raise ValueError("--fisher_from weighs the pull of --regularizer ewc; without it the "
+                         "file would not be used")
+    if regularizer == "kl":
+        if masked_lm or args.fusion:
+            raise ValueError("--regularizer kl keeps an earlier GLUE task's head predicting as "
+                             "before; it applies to a GLUE task trained after --load_adapter")
+        if not args.load_adapters:
+            raise ValueError("--regularizer kl needs --load_adapter DIR: an earlier task's adapter "
+                             "with its head, whose predictions the run keeps")
 
 
 def _check_objective_flags(args: TrainingArgs, masked_lm: bool) -> None:
@@ -615,8 +663,10 @@ def build_model(args: TrainingArgs, objective=None):
 
     objective = objective or objective_for(args)
     model = AdapterBertModel.from_pretrained(args.casing)
+    # Frozen; only the new head trains. Learning without forgetting also reads the earlier heads.
+    with_heads = args.regularizer == "kl"
     for path in args.load_adapters + args.fusion:
-        model.load_adapter(path, with_head=False)  # frozen; only the new head trains
+        model.load_adapter(path, with_head=with_heads)
     if not args.fusion:
         model.add_adapter(args.name, config=resolve_adapter_config(args, model.config.hidden_size))
     objective.add_head(model, args.name)
@@ -664,25 +714,38 @@ def trained_variables(model, args: TrainingArgs) -> dict:
     return variables
 
 
-def make_optimizer(args: TrainingArgs, total_steps: int):
-    """AdamW on the warmup-then-linear-decay schedule: returns `(schedule, optimizer)`."""
+def make_optimizer(args: TrainingArgs, total_steps: int, factors: dict | None = None):
+    """AdamW on the warmup-then-linear-decay schedule: returns `(schedule, optimizer)`.
+
+    With layer-wise learning rates or gradual unfreezing it is `TechniquesAdamW`
+    (`adapter_bert.techniques`): `factors` maps `id(variable)` to its learning-rate factor.
+    """
     import keras
 
     schedule = make_schedule(args.learning_rate, total_steps, int(round(args.warmup_ratio * total_steps)))
-    optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay,
-                                       clipnorm=args.max_grad_norm)
+    if args.layer_lr_decay is not None or args.gradual_unfreezing is not None:
+        from adapter_bert.techniques import make_techniques_adamw
+
+        optimizer = make_techniques_adamw(schedule, weight_decay=args.weight_decay,
+                                          clipnorm=args.max_grad_norm, factors=factors)
+    else:
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay,
+                                           clipnorm=args.max_grad_norm)
     if args.mixed_precision == "fp16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return schedule, optimizer
 
 
-def make_train_step(model, optimizer, trainable, loss, replicas: int = 1):
+def make_train_step(model, optimizer, trainable, loss, replicas: int = 1, penalty=None,
+                    forgetting=None):
     """One optimisation step on one replica's batch: forward, loss, gradients, update.
 
     `loss(labels, logits)` is an objective's (`adapter_bert.objectives`): the replica's share of
     the global batch's loss, so that the gradients summed across replicas equal one device's
     gradient on the whole batch; a trained AdapterFusion's regularisation is added once (a
-    `1 / replicas` share per replica).
+    `1 / replicas` share per replica), and so is `penalty()` (L2-SP or EWC,
+    `adapter_bert.techniques.WeightPull`). `forgetting(inputs, encoder_outputs)` (learning
+    without forgetting) is already the replica's share.
     The benchmarks in `bench/` call the same step, so their throughput is the training command's.
 
     Example:
@@ -708,10 +771,18 @@ def make_train_step(model, optimizer, trainable, loss, replicas: int = 1):
 
     def train_step(inputs, labels):
         with tf.GradientTape() as tape:
-            loss = objective_loss(labels, model(inputs, training=True))
+            if forgetting is None:
+                loss = objective_loss(labels, model(inputs, training=True))
+            else:  # one encoder pass for the trained head and the earlier ones
+                outputs = model.bert(inputs, training=True)
+                logits = model.head_logits(model.active_head, outputs, inputs, training=True)
+                loss = objective_loss(labels, logits)
+                loss = loss + tf.cast(forgetting(inputs, outputs), loss.dtype)
             regularization = model.fusion_regularization_loss()
             if not isinstance(regularization, float):
                 loss = loss + tf.cast(regularization, loss.dtype) / replicas
+            if penalty is not None:
+                loss = loss + tf.cast(penalty(), loss.dtype) / replicas
             scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
         grads = tape.gradient(scaled, trainable)
         # Some trained weights get no gradient from a given head (a ReFT unit for suffix
@@ -775,8 +846,9 @@ def train(args: TrainingArgs):
         model = build_model(args, objective)
         # Gathering the real tokens gives data-dependent shapes, which TPUs cannot compile.
         model.bert.skip_padding = not static_shapes
-        schedule, optimizer = make_optimizer(args, total_steps)
         trainable = model.trainable_weights
+        techniques = build_techniques(args, model, trainable, steps_per_epoch)
+        schedule, optimizer = make_optimizer(args, total_steps, techniques.factors)
         # Slots only for the adapter and head: the frozen base gets no optimizer state.
         optimizer.build(trainable)
         seeds = [v for v in model.variables if "seed_generator_state" in v.path]
@@ -784,14 +856,79 @@ def train(args: TrainingArgs):
         try:
             return _train_in(args, claim, objective, tokenizer, strategy, model, optimizer,
                              schedule, trainable, seeds, steps_per_epoch, total_steps, eval_every,
-                             checkpoint_every, static_shapes, wall_start, first_epoch)
+                             checkpoint_every, static_shapes, wall_start, first_epoch, techniques)
         except KeyboardInterrupt:
             raise TrainingInterrupted(claim.step, claim.checkpoint_step) from None
 
 
+@dataclasses.dataclass
+class Techniques:
+    """A run's fine-tuning techniques (`adapter_bert.techniques`), built with its model."""
+
+    factors: dict | None  # id(variable) -> learning-rate factor
+    unfreezing: object  # UnfreezingSchedule
+    penalty: object | None = None  # WeightPull (l2sp, ewc)
+    forgetting: object | None = None  # ForgettingPenalty (kl)
+    start: dict | None = None  # the trained base weights' starting values (weight_change)
+
+
+def build_techniques(args: TrainingArgs, model, trainable, steps_per_epoch: int) -> Techniques:
+    """The techniques of `args` for `model` (inside the strategy's scope, before any write):
+    one-line errors for a regularizer with nothing to act on or a Fisher file of another model."""
+    from adapter_bert import techniques as tq
+
+    num_layers = model.config.num_hidden_layers
+    parts = tq.trained_parts(model, trainable)
+    factors = None
+    if args.layer_lr_decay is not None:
+        factors = {id(v): f for v, f in
+                   zip(trainable, tq.layer_lr_factors(parts, num_layers, args.layer_lr_decay))}
+    unfreezing = tq.UnfreezingSchedule(trainable)
+    if args.gradual_unfreezing is not None:
+        unfreezing = tq.UnfreezingSchedule(trainable, tq.unfreezing_stages(parts, num_layers),
+                                           tq.parse_interval(args.gradual_unfreezing, steps_per_epoch))
+    found = Techniques(factors, unfreezing, start=tq.snapshot_base(model, trainable))
+    strength = args.regularizer_strength or 1.0
+    if args.regularizer in ("l2sp", "ewc"):
+        weights = tq.trained_base_weights(model, trainable)
+        if not weights:
+            raise ValueError(f"--regularizer {args.regularizer} pulls the trained base weights "
+                             "toward their start, and this run trains none (train the base: "
+                             "--method full, --adapter_config partial[last_layers=N] or bitfit)")
+        fisher = tq.read_fisher(args.fisher_from, model, weights) if args.regularizer == "ewc" else None
+        found.penalty = tq.WeightPull(weights, strength, fisher)
+    elif args.regularizer == "kl":
+        found.forgetting = tq.ForgettingPenalty(model, _teacher(args), _earlier_heads(args, model),
+                                                strength, args.batch_size)
+    return found
+
+
+def _earlier_heads(args: TrainingArgs, model) -> list[str]:
+    heads = [n for n in loaded_adapter_names(args) if n in model.heads]
+    if not heads:
+        raise ValueError("--regularizer kl keeps earlier heads predicting as before, and no "
+                         "--load_adapter directory holds a head")
+    return heads
+
+
+def _teacher(args: TrainingArgs):
+    """The frozen starting model of learning without forgetting: the base with the loaded
+    adapters and their heads, as they were before this run."""
+    from adapter_bert import AdapterBertModel
+    from adapter_bert.composition import Stack
+
+    teacher = AdapterBertModel.from_pretrained(args.casing)
+    for path in args.load_adapters:
+        teacher.load_adapter(path, with_head=True)
+    names = loaded_adapter_names(args)
+    teacher.set_active_adapters(names[0] if len(names) == 1 else Stack(*names))
+    teacher.freeze_model()
+    return teacher
+
+
 def _train_in(args, claim, objective, tokenizer, strategy, model, optimizer, schedule, trainable,
               seeds, steps_per_epoch, total_steps, eval_every, checkpoint_every, static_shapes,
-              wall_start, first_epoch):
+              wall_start, first_epoch, techniques):
     """The loop and what follows it, in the claimed output directory (`train`'s second half)."""
     import tensorflow as tf
 
@@ -814,14 +951,21 @@ def _train_in(args, claim, objective, tokenizer, strategy, model, optimizer, sch
         print(f"resuming from {latest} at step {int(state['step'].numpy())}", file=sys.stderr)
     global_batch = args.batch_size
 
-    train_step = make_train_step(model, optimizer, trainable, objective.loss(global_batch),
-                                 replicas)
+    unfreezing = techniques.unfreezing
+
+    def distributed_step_for(stage: int):
+        # Gradual unfreezing: each stage is its own step, over the weights trained by then.
+        train_step = make_train_step(model, optimizer, unfreezing.variables(stage),
+                                     objective.loss(global_batch), replicas,
+                                     penalty=techniques.penalty, forgetting=techniques.forgetting)
+
+        def distributed_step(inputs, labels):
+            losses = strategy.run(train_step, args=(inputs, labels))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+        return distributed_step
 
     spec = tf.TensorSpec([None, None], tf.int32)
-
-    def distributed_step(inputs, labels):
-        losses = strategy.run(train_step, args=(inputs, labels))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
     def predict(inputs):
         return model(inputs, training=False)
@@ -837,7 +981,7 @@ def _train_in(args, claim, objective, tokenizer, strategy, model, optimizer, sch
     if latest:
         claim.commit(step)  # resuming: the directory already holds this run's checkpoint
     progress.begin(step)
-    compiled_step = None
+    compiled_steps = {}  # unfreezing stage -> traced step
     best_weights = None  # non-chief workers keep the best epoch in memory (the chief saves it)
     history = json.loads(state["history"].numpy().decode())
     best = json.loads(state["best"].numpy().decode())
@@ -847,14 +991,21 @@ def _train_in(args, claim, objective, tokenizer, strategy, model, optimizer, sch
         dataset = first_epoch if epoch == 0 else objective.train_dataset(epoch, static_shapes)
         dataset = dataset.skip(skip).take(total_steps - step)
         distributed = strategy.experimental_distribute_dataset(dataset)
-        if compiled_step is None:
-            # Dynamic padding: one trace for every sequence length. Static shapes (TPU): one
-            # trace, and one compiled program, per bucket length.
-            compiled_step = tf.function(
-                distributed_step, input_signature=None if static_shapes else distributed.element_spec)
+        element_spec = distributed.element_spec
         for inputs, labels in distributed:
+            stage = unfreezing.stage(step)
+            if stage not in compiled_steps:
+                # Dynamic padding: one trace for every sequence length. Static shapes (TPU): one
+                # trace, and one compiled program, per bucket length.
+                compiled_steps[stage] = tf.function(
+                    distributed_step_for(stage),
+                    input_signature=None if static_shapes else element_spec)
+                if unfreezing.stages is not None:
+                    progress.note(f"gradual unfreezing: from step {step}, "
+                                  f"{len(unfreezing.variables(stage))} of {len(trainable)} "
+                                  "trained weights train")
             started = time.perf_counter()
-            loss = float(compiled_step(inputs, labels))
+            loss = float(compiled_steps[stage](inputs, labels))
             batch = int(sum(int(tf.shape(t)[0]) for t in strategy.experimental_local_results(labels)))
             state["train_seconds"].assign_add(time.perf_counter() - started)
             state["train_examples"].assign_add(batch)
@@ -922,6 +1073,11 @@ def _train_in(args, claim, objective, tokenizer, strategy, model, optimizer, sch
         # A traced function keeps the variables it was traced with: trace anew for the reloaded
         # adapter and head.
         predict_step = tf.function(predict, input_signature=id_spec)
+    from adapter_bert.techniques import weight_change
+
+    results["weight_change"] = weight_change(model, techniques.start)
+    if args.save_fisher:
+        results["fisher"] = _save_fisher(args, objective, model, out, global_batch, static_shapes)
     if args.load_adapters:
         model.save_adapter_setup(out / "setup", setup)
     if args.predict_test and objective.writes_predictions:
@@ -932,6 +1088,20 @@ def _train_in(args, claim, objective, tokenizer, strategy, model, optimizer, sch
                                 .relative_to(out))
     write_json(out / "results.json", results)
     return results, model
+
+
+def _save_fisher(args, objective, model, out: Path, global_batch: int, static_shapes) -> str:
+    """`--save_fisher`: the diagonal Fisher estimate of the base weights at the best epoch, over
+    one pass of the training data, as `<out>/fisher.safetensors`."""
+    from adapter_bert.io_utils import Tensors, write_file
+    from adapter_bert.techniques import FISHER_FILE, estimate_fisher
+
+    print("estimating the Fisher information over the training data", file=sys.stderr)
+    fisher = estimate_fisher(model, objective.train_dataset(0, static_shapes),
+                             objective.loss(global_batch))
+    write_file(out / FISHER_FILE, Tensors(fisher, {"format": "adapter_bert.fisher",
+                                                   "casing": str(args.casing)}))
+    return FISHER_FILE
 
 
 def _export(args, task, model, tokenizer, out: Path) -> Path:
