@@ -8,12 +8,22 @@ Example:
 """
 
 import os as _os
+import sys as _sys
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # TensorFlow turns its oneDNN kernels on by default only for some x86 processors (not, e.g., the
 # AMD EPYC this project is benchmarked on); with them, training runs about 1.3x faster there
 # (bench/onednn.py). It only takes effect if set before TensorFlow is first imported.
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+# The package's own commands (`python -m adapter_bert.sweep`) keep TensorFlow's start-up notices
+# off their stderr, as run_tf_adapter_bert.py does: the filter must be in place before the
+# imports below, which run before the command's module does.
+if (getattr(_sys, "orig_argv", [])[1:3] == ["-m", "adapter_bert.sweep"]
+        and "--verbose" not in _sys.orig_argv):
+    from adapter_bert.console import install_stderr_filter as _install_stderr_filter
+
+    _install_stderr_filter()
 
 from adapter_bert.bert.config import BertConfig  # noqa: E402
 from adapter_bert.bert.tokenizer import load_tokenizer  # noqa: E402
