@@ -17,6 +17,7 @@ Output directory `<saved_models_dir>/<adapter_name or task>/`:
   setup/         with `load_adapters`: save_adapter_setup of the whole setup the adapter trained in
   fusion/        with `fusion` (instead of adapter/): save_adapter_fusion of the best epoch
   predictions/   GLUE test-set predictions in the benchmark's submission format (not for mlm)
+  fisher.safetensors  with `save_fisher`: the diagonal Fisher estimate of the base weights
   checkpoints/   tf.train.CheckpointManager checkpoints: rerunning the same command resumes
   logs/          TensorBoard summaries
 
@@ -28,6 +29,11 @@ the new adapter, whose head is the one trained, and the SavedModel serves that s
 With `fusion` (`--fusion DIR1,DIR2,...`), no adapter is added: the adapters in those directories
 are loaded frozen and an AdapterFusion of them (`fusion_config`, `dynamic` by default) trains
 with a new head for the task.
+
+The fine-tuning techniques (`adapter_bert.techniques`) are arguments too: `layer_lr_decay`,
+`regularizer` (`l2sp`, `ewc` with `fisher_from`, `kl` with `load_adapters` that have heads) with
+`regularizer_strength`, and `gradual_unfreezing`; results.json reports every run's
+`weight_change` per base part.
 
 Every file is written atomically (temporary name, then rename), so a killed run leaves either the
 old file or the new one. Rerunning resumes from the last checkpoint with the same data order and

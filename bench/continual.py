@@ -69,6 +69,7 @@ def stage_args(row: str, task: str, stage: int, out: Path, previous: Path | None
             values["regularizer_strength"] = options.l2sp_strength
     if row == "full+layer_decay":
         values["layer_lr_decay"] = options.layer_lr_decay
+    del values["method"]
     return common.training_args(method, task, **values)
 
 
@@ -164,24 +165,26 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="mrpc,sst2")
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--train_examples", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ewc_strength", type=float, default=1e5)
-    parser.add_argument("--l2sp_strength", type=float, default=1.0)
+    parser.add_argument("--ewc_strength", type=float, default=1e6)
+    parser.add_argument("--l2sp_strength", type=float, default=10.0)
     parser.add_argument("--layer_lr_decay", type=float, default=0.8)
     parser.add_argument("--out", type=Path, default=common.DEFAULT_OUT / "continual")
-    options = parser.parse_args()
+    options = parser.parse_args(argv)
     tasks = [t.strip() for t in options.tasks.split(",") if t.strip()]
     rows = [r.strip() for r in options.rows.split(",") if r.strip()]
     unknown = [t for t in tasks if t not in common.DATA_DIRS] + [r for r in rows if r not in ROWS]
     if unknown:
-        sys.exit(f"error: unknown {', '.join(unknown)}; tasks: {', '.join(common.DATA_DIRS)}; "
-                 f"rows: {', '.join(ROWS)}")
+        parser.error(f"unknown task or row: {', '.join(unknown)} (tasks: "
+                     f"{', '.join(common.DATA_DIRS)}; rows: {', '.join(ROWS)})")
+    if options.train_examples <= 0 or options.epochs <= 0:
+        parser.error("--train_examples and --epochs must be positive")
     from adapter_bert.console import quiet_stderr
 
     quiet_stderr()

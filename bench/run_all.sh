@@ -39,4 +39,7 @@ python bench/accuracy.py --tasks mrpc --methods "$NEWER" --mrpc_train_examples 1
 python bench/peers.py --mode accuracy --systems "$LIBRARY" --project_subset 1000 --epochs 2 \
     --padding dynamic --out "$OUT/newer/peers"
 python bench/newer_methods_report.py --results "$OUT"
+# Fine-tuning techniques: tasks in sequence, and the selection protocol on dev.
+python bench/continual.py --out "$OUT/continual"
+python bench/selection.py --out "$OUT/selection"
 python bench/report.py --results "$OUT" --docs docs

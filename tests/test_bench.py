@@ -36,6 +36,11 @@ import report  # noqa: E402
     ("mixed_serving", ["--rounds", "0"], "must be positive"),
     ("composition_runs", ["--seeds", "a"], "--seeds must be integers, got 'a'"),
     ("composition_runs", ["--fusion_epochs", "0"], "must be positive"),
+    ("continual", ["--rows", "full,adapters"], "unknown task or row: adapters"),
+    ("continual", ["--tasks", "mrpc,cola"], "unknown task or row: cola"),
+    ("continual", ["--epochs", "0"], "must be positive"),
+    ("selection", ["--rows", "lora"], "unknown task or row: lora"),
+    ("selection", ["--seeds", "0,x"], "--seeds must be integers"),
 ])
 def test_bad_choices_exit_with_usage_error(script, argv, message, capsys):
     module = __import__(script)
@@ -377,3 +382,27 @@ def test_profile_attributes_a_real_houlsby_step(tmp_path):
     # The dense layers' matmuls are the largest part; "other" holds only what no category names.
     assert categories["matmul (dense layers)"] == max(categories.values())
     assert categories["other"] < 0.25 * figures["op_ms_per_step"]
+
+
+def test_continual_stages_chain_the_rows_technique(tmp_path):
+    """Each full-fine-tuning stage starts from the previous stage's weights with its technique;
+    the adapter row trains each task on the untouched base."""
+    import argparse
+
+    import continual
+
+    options = argparse.Namespace(seed=0, epochs=2, train_examples=1000, ewc_strength=1e6,
+                                 l2sp_strength=10.0, layer_lr_decay=0.8)
+    first = continual.stage_args("full+ewc", "mrpc", 1, tmp_path, None, options)
+    assert first.method == "full" and first.save_fisher and first.regularizer is None
+    second = continual.stage_args("full+ewc", "sst2", 2, tmp_path, first.output_dir, options)
+    assert second.regularizer == "ewc" and second.fisher_from == str(first.output_dir)
+    assert second.regularizer_strength == 1e6 and second.adapter_name == "sst2_2"
+    assert second.load_adapters == (str(first.output_dir / "adapter"),)
+    l2sp = continual.stage_args("full+l2sp", "sst2", 2, tmp_path, first.output_dir, options)
+    assert l2sp.regularizer == "l2sp" and l2sp.fisher_from is None
+    decay = continual.stage_args("full+layer_decay", "mrpc", 1, tmp_path, None, options)
+    assert decay.layer_lr_decay == 0.8 and decay.regularizer is None
+    adapters = continual.stage_args("houlsby", "sst2", 2, tmp_path, first.output_dir, options)
+    assert adapters.load_adapters == () and adapters.bottleneck_size == 32
+    assert adapters.learning_rate == common.LEARNING_RATES["houlsby"]
