@@ -270,7 +270,7 @@ def markdown_table(table: dict) -> str:
     Example:
     >>> print(markdown_table({"task": "mrpc", "main_metric": "f1", "grid": {"lr": ["1", "2"]},
     ...     "seeds": [0], "cells": [{"index": 0, "values": {"lr": "1"}, "mean": 0.8, "std": 0.0,
-    ...     "runs": [{"score": 0.8}]}], "best": {"index": 0}}))
+    ...     "runs": [{"score": 0.8}]}], "best": {"index": 0}}), end="")
     | lr | f1 mean | f1 std | seed 0 | |
     |---|---|---|---|---|
     | 1 | 0.8000 | 0.0000 | 0.8000 | best |

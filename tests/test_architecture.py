@@ -18,7 +18,8 @@ LEVELS = [
     ("adapter_bert.model",),
     ("adapter_bert.formats", "adapter_bert.export", "adapter_bert.objectives",
      "adapter_bert.techniques"),
-    ("adapter_bert.training", "adapter_bert.launch"),
+    ("adapter_bert.training", "adapter_bert.launch", "adapter_bert.command_flags",
+     "adapter_bert.sweep"),
 ]
 
 
