@@ -37,6 +37,8 @@ def define_training_flags() -> None:
                         "directory (default: the task), e.g. a language adapter's 'en'.")
     flags.DEFINE_integer("bottleneck_size", None, "Houlsby adapter width (shorthand for --method houlsby).")
     flags.DEFINE_string("non_linearity", None, "Adapter activation: gelu, relu, swish, tanh, ...")
+    flags.DEFINE_integer("adapter_drop", None, "AdapterDrop: leave the --method preset's adapters "
+                         "out of the N lowest layers (no backward pass runs below them).")
     flags.DEFINE_string("adapter_config", None,
                         "Any adapter config string, e.g. 'double_seq_bn[reduction_factor=24]' or 'lora[r=8]'.")
     flags.DEFINE_multi_string("load_adapter", [],

@@ -88,6 +88,7 @@ class TrainingArgs:
     method: str | None = None
     bottleneck_size: int | None = None
     non_linearity: str | None = None
+    adapter_drop: int | None = None
     pooling: str = "cls"
     batch_size: int = 32
     eval_batch_size: int | None = None
@@ -260,7 +261,7 @@ def validate_args(args: TrainingArgs) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"--{name} must be a positive integer, got {value!r}")
     for name in ("max_steps", "max_train_examples", "eval_every", "checkpoint_every",
-                 "bottleneck_size", "eval_batch_size"):
+                 "bottleneck_size", "eval_batch_size", "adapter_drop"):
         value = getattr(args, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             raise ValueError(f"--{name} must be a positive integer, got {value!r}")
@@ -279,6 +280,7 @@ def validate_args(args: TrainingArgs) -> None:
     if args.method is not None and args.method not in preset_names():
         raise ValueError(f"unknown --method {args.method!r}; known: {', '.join(preset_names())}")
     _check_sizing_flags(args)
+    _check_adapter_drop(args)
     _check_technique_flags(args, masked_lm)
     above = [b for b in args.bucket_boundaries if b > args.max_seq_length]
     if above:
@@ -357,6 +359,21 @@ def _check_sizing_flags(args: TrainingArgs) -> None:
     if method not in sized_presets():
         raise ValueError(f"{' and '.join(given)} do nothing with --method {method}; they resize "
                          f"{sized}")
+
+
+#: The presets `--adapter_drop` applies to: one config with per-layer weights and `leave_out`.
+DROPPABLE = ("houlsby", "pfeiffer", "parallel", "lora", "ia3")
+
+
+def _check_adapter_drop(args: TrainingArgs) -> None:
+    if args.adapter_drop is None:
+        return
+    if args.adapter_config is not None or args.fusion:
+        raise ValueError("--adapter_drop leaves a --method preset's adapters out of the lowest "
+                         "layers; with --adapter_config, set leave_out in the config string")
+    method = args.method or "houlsby"
+    if method not in DROPPABLE:
+        raise ValueError(f"--adapter_drop applies to {', '.join(DROPPABLE)}, not --method {method}")
 
 
 def _check_technique_flags(args: TrainingArgs, masked_lm: bool) -> None:
@@ -485,13 +502,23 @@ def is_chief(strategy) -> bool:
 
 
 def resolve_adapter_config(args: TrainingArgs, hidden_size: int) -> str:
-    """`--adapter_config` if given, else the `--method` preset (`--bottleneck_size` alone: Houlsby)."""
+    """`--adapter_config` if given, else the `--method` preset (`--bottleneck_size` alone: Houlsby),
+    with `--adapter_drop N`'s `leave_out` of layers 0..N-1 (AdapterDrop, Rueckle et al. 2021).
+
+    Example:
+    >>> resolve_adapter_config(TrainingArgs(method="lora", adapter_drop=2), hidden_size=32)
+    'lora[leave_out=[0, 1]]'
+    """
     from adapter_bert.methods.registry import preset_config
 
     if args.adapter_config:
         return args.adapter_config
     method = args.method or "houlsby"
-    return preset_config(method, hidden_size, args.bottleneck_size, args.non_linearity)
+    config = preset_config(method, hidden_size, args.bottleneck_size, args.non_linearity)
+    if args.adapter_drop:
+        dropped = f"leave_out={list(range(args.adapter_drop))}"
+        config = f"{config[:-1]}, {dropped}]" if config.endswith("]") else f"{config}[{dropped}]"
+    return config
 
 
 def _versions() -> dict:
@@ -669,6 +696,10 @@ def build_model(args: TrainingArgs, objective=None):
 
     objective = objective or objective_for(args)
     model = AdapterBertModel.from_pretrained(args.casing)
+    layers = model.config.num_hidden_layers
+    if args.adapter_drop is not None and args.adapter_drop >= layers:
+        raise ValueError(f"--adapter_drop {args.adapter_drop} would leave the adapters out of "
+                         f"every layer; this model has {layers} (use 1..{layers - 1})")
     # Frozen; only the new head trains. Learning without forgetting also reads the earlier heads.
     with_heads = args.regularizer == "kl"
     for path in args.load_adapters + args.fusion:
@@ -775,8 +806,14 @@ def make_train_step(model, optimizer, trainable, loss, replicas: int = 1, penalt
 
     objective_loss = loss
 
+    # Only the trained weights are watched: Keras freezes a layer without making its TensorFlow
+    # variables untrainable, so the tape would otherwise record the frozen base too (below the
+    # lowest adapter of an AdapterDrop setup, a whole backward pass that nothing reads).
+    watched = [getattr(v, "value", v) for v in trainable]
+
     def train_step(inputs, labels):
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(watched)
             if forgetting is None:
                 loss = objective_loss(labels, model(inputs, training=True))
             else:  # one encoder pass for the trained head and the earlier ones
@@ -790,7 +827,7 @@ def make_train_step(model, optimizer, trainable, loss, replicas: int = 1, penalt
             if penalty is not None:
                 loss = loss + tf.cast(penalty(), loss.dtype) / replicas
             scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
-        grads = tape.gradient(scaled, trainable)
+        grads = tape.gradient(scaled, watched)
         # Some trained weights get no gradient from a given head (a ReFT unit for suffix
         # positions a CLS head never reads): they stay as they are, without Keras' warning.
         optimizer.apply_gradients([(g, v) for g, v in zip(grads, trainable) if g is not None])
