@@ -54,7 +54,7 @@ def run_command(task: str, method: str, seed: int, epochs: int, out: Path,
     if bottleneck_size is not None:
         overrides["bottleneck_size"] = bottleneck_size
     args = common.training_args(method, task, **overrides)
-    chosen = f"--method={method}" if args.method else f"--adapter_config={args.adapter_config}"
+    chosen = f"--method={args.method}" if args.method else f"--adapter_config={args.adapter_config}"
     command = [sys.executable, str(common.REPO / "run_tf_adapter_bert.py"),
                f"--casing={args.casing}", f"--task={task}", chosen,
                f"--pooling={args.pooling}", f"--batch_size={args.batch_size}",
@@ -65,6 +65,8 @@ def run_command(task: str, method: str, seed: int, epochs: int, out: Path,
                f"--saved_models_dir={out}", "--nopredict_test", "--noexport", "--log_every=40"]
     if args.bottleneck_size:
         command.append(f"--bottleneck_size={args.bottleneck_size}")
+    if args.adapter_drop:
+        command.append(f"--adapter_drop={args.adapter_drop}")
     if train_examples:
         command.append(f"--max_train_examples={train_examples}")
     return command

@@ -30,7 +30,11 @@ PRESETS = ("houlsby", "pfeiffer", "parallel", "lora", "ia3", "prefix", "bitfit",
 # here and in the adapters library (`bench/peers.py --systems adapters:<identifier>`).
 NEWER_METHODS = ("compacter", "compacter++", "seq_bn_inv", "double_seq_bn_inv", "prompt_tuning",
                  "unipelt", "dora", "vera", "loreft", "noreft", "direft")
-METHODS = PRESETS + NEWER_METHODS
+# AdapterDrop rows (`--adapter_drop N`): a preset with its adapters left out of the N lowest
+# layers, here the lower half of MiniLM's 6.
+DROPPED = {"houlsby_drop3": ("houlsby", 3), "lora_drop3": ("lora", 3), "houlsby_drop2": ("houlsby", 2),
+           "houlsby_drop1": ("houlsby", 1)}
+METHODS = PRESETS + NEWER_METHODS + tuple(DROPPED)
 # Learning rates of flags/methods/*.flags; Houlsby uses bottleneck 32 as in the paper's command.
 # The newer methods' rates are in the range their papers use for GLUE-sized tasks (Compacter
 # 3e-3; prompt tuning, with few weights, higher; VeRA's scaling vectors higher still; ReFT 2e-3),
@@ -40,6 +44,7 @@ LEARNING_RATES = {"houlsby": 1e-3, "pfeiffer": 1e-3, "parallel": 1e-3, "lora": 5
                   "compacter": 3e-3, "compacter++": 3e-3, "seq_bn_inv": 1e-3,
                   "double_seq_bn_inv": 1e-3, "prompt_tuning": 1e-2, "unipelt": 5e-4, "dora": 5e-4,
                   "vera": 5e-3, "loreft": 2e-3, "noreft": 2e-3, "direft": 2e-3}
+LEARNING_RATES.update({name: LEARNING_RATES[base] for name, (base, _) in DROPPED.items()})
 BUCKETS = (32, 48, 64, 96, 128)
 
 if str(REPO) not in sys.path:
@@ -94,10 +99,11 @@ def training_args(method: str, task: str = "mrpc", **overrides):
     """The `TrainingArgs` of one benchmark run: the packaged MiniLM, batch 32, each method's lr."""
     from adapter_bert.training import TrainingArgs
 
+    method, drop = DROPPED.get(method, (method, None))
     preset = method in PRESETS
     values = dict(task=task, casing="all-minilm-l6-v2", data_dir=str(DATA_DIRS[task]),
                   method=method if preset else None, adapter_config=None if preset else method,
-                  bottleneck_size=32 if method == "houlsby" else None,
+                  bottleneck_size=32 if method == "houlsby" else None, adapter_drop=drop,
                   learning_rate=LEARNING_RATES[method], batch_size=32, max_seq_length=128,
                   pooling="mean", warmup_ratio=0.1, predict_test=False, export=False, log_every=50)
     values.update(overrides)

@@ -406,3 +406,12 @@ def test_continual_stages_chain_the_rows_technique(tmp_path):
     adapters = continual.stage_args("houlsby", "sst2", 2, tmp_path, first.output_dir, options)
     assert adapters.load_adapters == () and adapters.bottleneck_size == 32
     assert adapters.learning_rate == common.LEARNING_RATES["houlsby"]
+
+
+def test_adapter_drop_rows_run_the_preset_with_its_lowest_layers_left_out():
+    command = accuracy.run_command("mrpc", "houlsby_drop3", 0, 3, Path("/tmp/x"), None)
+    flags = dict(arg.lstrip("-").split("=", 1) for arg in command[2:] if "=" in arg)
+    assert flags["method"] == "houlsby" and flags["adapter_drop"] == "3"
+    assert flags["bottleneck_size"] == "32" and flags["learning_rate"] == "0.001"
+    lora = common.training_args("lora_drop3")
+    assert (lora.method, lora.adapter_drop, lora.learning_rate) == ("lora", 3, 5e-4)
