@@ -21,6 +21,7 @@ import report  # noqa: E402
 @pytest.mark.parametrize("script, argv, message", [
     ("train_throughput", ["--methods", "houlsby,adapterdrop"], "unknown method or padding: adapterdrop"),
     ("train_throughput", ["--paddings", "ragged"], "unknown method or padding: ragged"),
+    ("train_throughput", ["--methods", "houlsby@fp8"], "unknown method or padding: houlsby@fp8"),
     ("memory", ["--methods", "nope"], "unknown method or padding: nope"),
     ("accuracy", ["--tasks", "cola"], "unknown task or method: cola"),
     ("matmul_peak", ["--tokens", "0"], "--tokens and --repeats must be positive"),
@@ -415,3 +416,16 @@ def test_adapter_drop_rows_run_the_preset_with_its_lowest_layers_left_out():
     assert flags["bottleneck_size"] == "32" and flags["learning_rate"] == "0.001"
     lora = common.training_args("lora_drop3")
     assert (lora.method, lora.adapter_drop, lora.learning_rate) == ("lora", 3, 5e-4)
+
+
+def test_throughput_precision_suffix_builds_the_model_under_the_bf16_policy():
+    import keras
+
+    import train_throughput
+
+    assert train_throughput.split_precision("houlsby@bf16") == ("houlsby", "bf16")
+    assert train_throughput.split_precision("full") == ("full", None)
+    before = keras.mixed_precision.global_policy().name
+    step, counts = train_throughput.make_step("bitfit@bf16", "mrpc")
+    assert keras.mixed_precision.global_policy().name == before  # put back
+    assert counts["trainable_params"] > 0
