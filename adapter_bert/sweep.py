@@ -51,7 +51,8 @@ FLAGS = flags.FLAGS
 
 #: Flags a grid may not vary: the sweep sets them per run, or they change where runs live.
 NOT_SWEPT = ("seed", "saved_models_dir", "adapter_name", "overwrite", "export", "export_only",
-             "predict_test", "verbose", "flagfile")
+             "predict_test", "verbose", "task", "load_adapter", "fusion", "worker_hosts",
+             "task_index", "tpu")
 
 
 def define_sweep_flags() -> None:
@@ -82,12 +83,13 @@ def parse_grid(entries: list[str]) -> list[tuple[str, list[str]]]:
         name = name.strip().lstrip("-")
         if not sep or not name or not values.strip():
             raise ValueError(f"--grid takes NAME=V1,V2,..., got {entry!r}")
-        if name not in FLAGS or name == "grid" or name in ("seeds", "sweep_dir"):
+        if name not in _training_flag_names():
             raise ValueError(f"--grid {name}: not a training flag (run_tf_adapter_bert.py "
                              "--helpfull lists them)")
         if name in NOT_SWEPT:
-            raise ValueError(f"--grid {name}: the sweep sets {name} itself"
-                             + (" (use --seeds)" if name == "seed" else ""))
+            raise ValueError("--grid seed: the sweep sets seed itself (use --seeds)"
+                             if name == "seed" else f"--grid {name}: one value for the whole "
+                             f"sweep (give --{name} as a flag)")
         if name in seen:
             raise ValueError(f"--grid {name} is given twice; list all its values in one --grid")
         seen.add(name)
@@ -98,6 +100,13 @@ def parse_grid(entries: list[str]) -> list[tuple[str, list[str]]]:
             flag_value(name, value)
         grid.append((name, parsed))
     return grid
+
+
+def _training_flag_names() -> set[str]:
+    from adapter_bert.training import TrainingArgs
+
+    names = {f.name for f in dataclasses.fields(TrainingArgs)} - {"load_adapters"}
+    return names | {"load_adapter"}
 
 
 def flag_value(name: str, text: str):
@@ -119,7 +128,7 @@ def grid_cells(grid: list[tuple[str, list[str]]]) -> list[dict[str, str]]:
 def cell_name(cell: dict[str, str]) -> str:
     """The cell's directory name: `name=value,...` (path separators replaced)."""
     text = ",".join(f"{k}={v}" for k, v in cell.items()) or "default"
-    return text.replace(os.sep, "_").replace(" ", "")
+    return text.replace(os.sep, "_")
 
 
 def cell_args(base, cell: dict[str, str], seed: int, directory: Path):
@@ -175,9 +184,20 @@ def sweep(base, grid: list[tuple[str, list[str]]], seeds: list[int], sweep_dir: 
 
     cells = grid_cells(grid)
     runs = [(cell, seed) for cell in cells for seed in seeds]
-    # Every run's arguments are checked before the first one trains.
+    # Every run's arguments are checked before the first one trains, and a run found in the
+    # sweep directory must have been made with the same ones (else its score would not be this
+    # grid's).
+    from adapter_bert.training import _check_resume_key
+
     for cell, seed in runs:
-        validate_args(cell_args(base, cell, seed, sweep_dir / cell_name(cell) / f"seed_{seed}"))
+        args = cell_args(base, cell, seed, sweep_dir / cell_name(cell) / f"seed_{seed}")
+        validate_args(args)
+        try:
+            _check_resume_key(args, args.output_dir)
+        except ValueError as e:
+            differ = str(e).split("; pass")[0]
+            raise ValueError(f"{differ}: a sweep with other flags ran in {sweep_dir}; pass "
+                             "another --sweep_dir") from None
     progress = _SweepProgress(len(runs), stream)
     results = {}
     for cell, seed in runs:
@@ -233,11 +253,13 @@ def _table(base, grid, cells, seeds, results, objective, sweep_dir: Path) -> dic
                      "mean": float(scores.mean()), "std": float(scores.std())})
     best = None
     for row in rows:  # the objective's direction (accuracy up, perplexity down); first wins ties
-        if best is None or objective.improves({metric: row["mean"]}, {"dev": {metric: best["mean"]}}):
+        if (best is None or (np.isnan(best["mean"]) and not np.isnan(row["mean"]))
+                or objective.improves({metric: row["mean"]}, {"dev": {metric: best["mean"]}})):
             best = row
     best_seed = best["runs"][0]
     for run in best["runs"][1:]:
-        if objective.improves({metric: run["score"]}, {"dev": {metric: best_seed["score"]}}):
+        if ((np.isnan(best_seed["score"]) and not np.isnan(run["score"]))
+                or objective.improves({metric: run["score"]}, {"dev": {metric: best_seed["score"]}})):
             best_seed = run
     return {"task": objective.task_name, "main_metric": metric, "grid": dict(grid),
             "seeds": list(seeds), "base_args": dataclasses.asdict(base), "cells": rows,

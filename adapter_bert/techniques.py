@@ -1,9 +1,10 @@
 """Fine-tuning techniques beside the adapters: layer-wise learning rates, cautious updating
 (L2-SP, EWC, learning without forgetting), gradual unfreezing, and how far a run moved the base.
 
-Every trained weight belongs to one part of the model, bottom to top: `embeddings`,
-`layer_0` ... `layer_{L-1}`, then `top` (the pooler, the heads, and adapter weights shared by all
-layers such as a prefix pool or prompts). An adapter's weights belong to the layer they sit in.
+Every trained weight belongs to one part of the model, bottom to top: `embeddings` (with an
+invertible adapter), `layer_0` ... `layer_{L-1}`, then `top` (the pooler, the heads, and adapter
+weights shared by all layers such as a prefix pool or prompts). An adapter's weights belong to
+the layer they sit in.
 The techniques act on parts:
 
 * Layer-wise learning rates (`layer_lr_decay=D`): layer l of L (counted 1..L from the bottom)
@@ -59,9 +60,14 @@ def part_of_adapter_weight(name: str) -> str:
     'layer_3'
     >>> part_of_adapter_weight("prefix_tuning.pool.wte.embeddings")
     'top'
+    >>> part_of_adapter_weight("bottleneck.invertible.F.0.kernel")
+    'embeddings'
     """
     match = _LAYER.search(name)
-    return f"layer_{match.group(1)}" if match else TOP
+    if match:
+        return f"layer_{match.group(1)}"
+    # An invertible adapter (MAD-X) acts on the embedding output.
+    return "embeddings" if ".invertible." in f".{name}" else TOP
 
 
 def trained_parts(model, trainable) -> list[str]:

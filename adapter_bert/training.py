@@ -404,6 +404,10 @@ def _check_technique_flags(args: TrainingArgs, masked_lm: bool) -> None:
     elif args.fisher_from is not None:
         raise ValueError("--fisher_from weighs the pull of --regularizer ewc; without it the "
                          "file would not be used")
+    if args.save_fisher and (args.strategy == "tpu" or args.mixed_precision == "fp16"):
+        raise ValueError("--save_fisher estimates the Fisher information in float32 on the host; "
+                         "it does not run with --strategy tpu or --mixed_precision fp16 (whose "
+                         "small squared gradients would underflow)")
     if regularizer == "kl":
         if masked_lm or args.fusion:
             raise ValueError("--regularizer kl keeps an earlier GLUE task's head predicting as "
@@ -941,7 +945,9 @@ def build_techniques(args: TrainingArgs, model, trainable, steps_per_epoch: int)
         fisher = tq.read_fisher(args.fisher_from, model, weights) if args.regularizer == "ewc" else None
         found.penalty = tq.WeightPull(weights, strength, fisher)
     elif args.regularizer == "kl":
-        found.forgetting = tq.ForgettingPenalty(model, _teacher(args), _earlier_heads(args, model),
+        teacher = _teacher(args)
+        teacher.bert.skip_padding = model.bert.skip_padding  # TPUs: static shapes for both
+        found.forgetting = tq.ForgettingPenalty(model, teacher, _earlier_heads(args, model),
                                                 strength, args.batch_size)
     return found
 

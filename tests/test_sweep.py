@@ -77,9 +77,20 @@ def test_grid_runs_resumes_after_a_kill_and_keeps_the_best_cell(tmp_path, tiny_c
     assert f"{best['mean']:.4f}" in best_line[0]
     assert "best cell:" in again.stdout
 
+    # The same sweep directory with another base flag: refused before anything trains.
+    before = (sweep_dir / "sweep.json").read_bytes()
+    other = command + ["--max_steps", "3"]
+    refused = subprocess.run(other, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "max_steps differ" in errors[0] and "--sweep_dir" in errors[0]
+    assert (sweep_dir / "sweep.json").read_bytes() == before
+
 
 @pytest.mark.parametrize("grid, message", [
     ("nope=1,2", "--grid nope: not a training flag"),
+    ("flagfile=a,b", "--grid flagfile: not a training flag"),
+    ("task=mrpc,rte", "--grid task: one value for the whole sweep"),
     ("seed=1,2", "the sweep sets seed itself (use --seeds)"),
     ("batch_size=4,x", "--grid batch_size: bad value 'x'"),
     ("learning_rate", "--grid takes NAME=V1,V2,..."),

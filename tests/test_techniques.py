@@ -231,6 +231,7 @@ def _foreign_fisher(root):
     (dict(regularizer="kl"), "--regularizer kl needs --load_adapter"),
     (dict(layer_lr_decay=1.5), "--layer_lr_decay must be in (0, 1]"),
     (dict(gradual_unfreezing="soon"), "--gradual_unfreezing takes a positive number"),
+    (dict(save_fisher=True, mixed_precision="fp16"), "--save_fisher estimates the Fisher"),
 ])
 def test_technique_flag_errors(tmp_path, tiny_checkpoint, glue, overrides, message):
     with pytest.raises(ValueError, match=None) as error:
