@@ -3,12 +3,6 @@ without forgetting, partial fine-tuning, gradual unfreezing and delta tuning (ti
 packaged MiniLM for the layer-decay claim)."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -19,9 +13,7 @@ from adapter_bert import AdapterBertModel, techniques
 from adapter_bert.bert.checkpoint import base_variables_by_part, encoder_state
 from adapter_bert.testing import random_inputs, tiny_bert_config, write_tiny_hf_checkpoint
 from adapter_bert.training import TrainingArgs, run, train, validate_args
-from test_training import SCRIPT, _cli, write_glue_task
-
-REPO = Path(__file__).resolve().parents[1]
+from test_training import _cli, kill_and_resume, write_glue_task
 
 
 def _full_model(num_layers=2, config="full"):
@@ -364,23 +356,8 @@ def test_gradual_unfreezing_run_killed_and_resumed_ends_at_the_same_weights(tmp_
     assert reference.returncode == 0, reference.stderr[-3000:]
     assert reference.stderr.count("gradual unfreezing: from step") == 4
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    process = subprocess.Popen([sys.executable, str(SCRIPT), *flags(tmp_path / "killed")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
-    checkpoints = tmp_path / "killed" / "rte" / "checkpoints"
-    kill_after = int(np.random.default_rng(int(time.time())).integers(2, 9)) * 2  # a random step
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        steps = [int(p.name.split("-")[1].split(".")[0]) for p in checkpoints.glob("ckpt-*.index")]
-        if steps and max(steps) >= kill_after:
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    resumed = _cli(*flags(tmp_path / "killed"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stderr
+    kill_and_resume(flags(tmp_path / "killed"), tmp_path / "killed" / "rte" / "checkpoints",
+                    checkpoints=range(2, 9))
     a = load_file(str(tmp_path / "whole" / "rte" / "adapter" / "adapter.safetensors"))
     b = load_file(str(tmp_path / "killed" / "rte" / "adapter" / "adapter.safetensors"))
     assert a.keys() == b.keys()

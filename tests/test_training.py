@@ -167,6 +167,30 @@ def test_mirrored_two_cpus_matches_one_device(tmp_path, tiny_checkpoint):
         np.testing.assert_allclose(weights["mirrored"][name], value, atol=1e-5, err_msg=name)
 
 
+def kill_and_resume(flags, checkpoints_dir: Path, checkpoints=range(2, 12), checkpoints_every=2):
+    """Starts the command with `flags`, SIGKILLs it once `checkpoints_dir` holds the checkpoint
+    of a random step (`checkpoints_every` times one of `checkpoints`), then reruns it and checks
+    that it resumed."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    process = subprocess.Popen([sys.executable, str(SCRIPT), *flags],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
+    choice = np.random.default_rng(int(time.time())).integers(checkpoints.start, checkpoints.stop)
+    kill_after = int(choice) * checkpoints_every
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        steps = [int(p.name.split("-")[1].split(".")[0]) for p in checkpoints_dir.glob("ckpt-*.index")]
+        if steps and max(steps) >= kill_after:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    resumed = _cli(*flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    return resumed
+
+
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
     """SIGKILL mid-training, rerun the same command: the adapter equals an uninterrupted run's."""
     from safetensors.numpy import load_file
@@ -184,23 +208,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     reference = _cli(*flags(tmp_path / "whole"))
     assert reference.returncode == 0, reference.stderr[-3000:]
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    process = subprocess.Popen([sys.executable, str(SCRIPT), *flags(tmp_path / "killed")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
-    checkpoints = tmp_path / "killed" / "rte" / "checkpoints"
-    kill_after = int(np.random.default_rng(int(time.time())).integers(2, 12)) * 2  # a random step
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        steps = [int(p.name.split("-")[1].split(".")[0]) for p in checkpoints.glob("ckpt-*.index")]
-        if steps and max(steps) >= kill_after:
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    resumed = _cli(*flags(tmp_path / "killed"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stderr
+    kill_and_resume(flags(tmp_path / "killed"), tmp_path / "killed" / "rte" / "checkpoints",
+                    checkpoints=range(2, 12))
     a = load_file(str(tmp_path / "whole" / "rte" / "adapter" / "adapter.safetensors"))
     b = load_file(str(tmp_path / "killed" / "rte" / "adapter" / "adapter.safetensors"))
     for name in a:
