@@ -88,6 +88,8 @@ def define_training_flags() -> None:
     flags.DEFINE_list("worker_hosts", [], "host:port of every worker (multi_worker_mirrored without TF_CONFIG).")
     flags.DEFINE_integer("task_index", None, "This worker's index in --worker_hosts.")
     flags.DEFINE_enum("mixed_precision", None, ["bf16", "fp16"], "Keras mixed-precision policy.")
+    flags.DEFINE_bool("recompute_attention", False, "Recompute the attention probabilities in the "
+                      "backward pass instead of keeping them: less memory, a slower step.")
     flags.DEFINE_enum("padding", "dynamic", ["dynamic", "max_length"],
                       "Pad each batch to its longest row, or every batch to max_seq_length.")
     flags.DEFINE_list("bucket_boundaries", [], "Length buckets, e.g. 32,64,128 (dynamic padding).")

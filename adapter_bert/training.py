@@ -115,6 +115,7 @@ class TrainingArgs:
     worker_hosts: tuple = ()
     task_index: int | None = None
     mixed_precision: str | None = None
+    recompute_attention: bool = False
     padding: str = "dynamic"
     bucket_boundaries: tuple = ()
     saved_models_dir: str = "saved_models"
@@ -146,7 +147,8 @@ class TrainingArgs:
 
         keep_out = {"saved_models_dir", "log_every", "overwrite", "predict_test", "keep_checkpoints",
                     "strategy", "tpu", "export", "export_only", "merge_for_serving",
-                    "worker_hosts", "task_index", "save_fisher"}
+                    "worker_hosts", "task_index", "save_fisher",
+                    "recompute_attention"}  # the same function: a resumed run may switch it
         values = {k: v for k, v in dataclasses.asdict(self).items() if k not in keep_out}
         values["bucket_boundaries"] = list(self.bucket_boundaries)
         # `--task MRPC` and `--task mrpc` are one run.
@@ -718,6 +720,7 @@ def build_model(args: TrainingArgs, objective=None):
     else:
         model.train_adapter(args.name)
         model.set_active_adapters(setup)
+    model.bert.recompute_attention = args.recompute_attention
     return model
 
 

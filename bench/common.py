@@ -110,6 +110,52 @@ def training_args(method: str, task: str = "mrpc", **overrides):
     return TrainingArgs(**values)
 
 
+#: `METHOD@VARIANT` runs a method with one training option changed: `@bf16` under Keras'
+#: mixed_bfloat16 policy (`--mixed_precision bf16`), `@recompute` with the attention
+#: probabilities recomputed in the backward pass (`--recompute_attention`).
+VARIANTS = {"bf16": {"mixed_precision": "bf16"}, "recompute": {"recompute_attention": True}}
+POLICIES = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+
+def split_variant(method: str) -> tuple[str, str | None]:
+    """`"houlsby@bf16"` -> `("houlsby", "bf16")`; a plain name has no variant (None).
+
+    Example:
+    >>> split_variant("houlsby@recompute"), split_variant("full")
+    (('houlsby', 'recompute'), ('full', None))
+    """
+    name, _, variant = method.partition("@")
+    return name, variant or None
+
+
+def known_method(method: str) -> bool:
+    """Whether `method` is a benchmark method, with a known variant if it has one."""
+    name, variant = split_variant(method)
+    return name in METHODS and variant in (None, *VARIANTS)
+
+
+def build_benchmark_model(method: str, task: str = "mrpc"):
+    """`(args, objective, model)` of `method` (a variant allowed), built as the training command
+    builds it. A layer's compute dtype is fixed when it is built, so a bf16 model is built under
+    its policy, and the policy is put back after."""
+    import keras
+
+    from adapter_bert.objectives import objective_for
+    from adapter_bert.training import build_model
+
+    name, variant = split_variant(method)
+    args = training_args(name, task, **VARIANTS.get(variant, {}))
+    objective = objective_for(args)
+    previous = keras.mixed_precision.global_policy()
+    if args.mixed_precision:
+        keras.mixed_precision.set_global_policy(POLICIES[args.mixed_precision])
+    try:
+        model = build_model(args, objective)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    return args, objective, model
+
+
 def write_report(out: Path, name: str, report: dict) -> Path:
     """Prints `report` and writes it to `<out>/<name>.json` atomically."""
     from adapter_bert.io_utils import write_json

@@ -10,7 +10,9 @@ while that configuration is set (which hooks run is baked into a trace):
   `base_instance`: the same in a second model instance;
 - `<method>`: that method's adapter active (LoRA and (IA)^3 unmerged: their hooks run);
 - `lora_merged`, `ia3_merged`: the adapter folded into the base weights by `merge_adapter`, each
-  in a model instance of its own (merging rewrites the base kernels every other variant reads).
+  in a model instance of its own (merging rewrites the base kernels every other variant reads);
+- with `--bf16`, `base@bf16` and `houlsby@bf16`: the same weights in an instance built under
+  Keras' mixed_bfloat16 policy, as `--mixed_precision bf16` builds it.
 
 Adapters get non-zero random weights (LoRA's B starts at zero, which a benchmark must not rely
 on). Before timing, every function is run again and must reproduce the outputs it gave when
@@ -95,8 +97,24 @@ def predict_function(model, batches):
     return predict, outputs
 
 
-def variant_functions(task: str, batches) -> dict:
-    """Every variant's traced function, checked to still give its own outputs after all are built."""
+def build_bf16(task: str):
+    """`build`'s model, with the same weights, computing under Keras' mixed_bfloat16 policy
+    (`--mixed_precision bf16`); the policy is put back after."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(common.POLICIES["bf16"])
+    try:
+        return build(task)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def variant_functions(task: str, batches, bf16: bool = False) -> dict:
+    """Every variant's traced function, checked to still give its own outputs after all are built.
+
+    With `bf16`, also `base@bf16` and `houlsby@bf16`: a bf16 instance of the same weights,
+    whose logits must agree with the float32 ones to bf16's precision."""
     import numpy as np
 
     functions, expected = {}, {}
@@ -116,6 +134,14 @@ def variant_functions(task: str, batches) -> dict:
         functions[variant], expected[variant] = predict_function(merged, batches)
         # Folding the adapter in must not change what it computes.
         np.testing.assert_allclose(expected[variant][0], expected[method][0], atol=1e-4)
+    if bf16:
+        half = build_bf16(task)
+        for variant in ("base", "houlsby"):
+            configure(half, variant)
+            name = f"{variant}@bf16"
+            functions[name], expected[name] = predict_function(half, batches)
+            np.testing.assert_allclose(np.asarray(expected[name][0], "float32"),
+                                       expected[variant][0], atol=0.1)
     for variant, predict in functions.items():
         np.testing.assert_allclose(predict(batches[0]).numpy(), expected[variant][0], atol=1e-5,
                                    err_msg=f"{variant} no longer computes its own configuration")
@@ -157,11 +183,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="mrpc", choices=sorted(common.DATA_DIRS))
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time the base and Houlsby in a bf16 instance (base@bf16, houlsby@bf16)")
     parser.add_argument("--out", type=Path, default=common.DEFAULT_OUT)
     args = parser.parse_args(argv)
 
     paddings = {"dynamic": dev_batches(args.task, "dynamic"), "fixed": dev_batches(args.task, "max_length")}
-    functions = variant_functions(args.task, [b for batches in paddings.values() for b in batches])
+    functions = variant_functions(args.task, [b for batches in paddings.values() for b in batches],
+                                  bf16=args.bf16)
     figures = {}
     for label, batches in paddings.items():
         seconds = time_interleaved(functions, batches, args.rounds)

@@ -3,7 +3,7 @@
     python bench/memory.py [--task mrpc] [--steps 4] [--paddings fixed,bucketed]
                            [--out /tmp/adapter_bert_bench]
 
-Each method trains in a child process of its own (peak RSS is per process), through the training
+Each method (a `common.VARIANTS` suffix allowed: `houlsby@recompute`) trains in a child process of its own (peak RSS is per process), through the training
 command's pieces, for `--steps` steps of batch 32 on real GLUE training data, once per padding:
 
 - `fixed`: every batch padded to 128 tokens, the largest activations a run can meet;
@@ -12,8 +12,9 @@ command's pieces, for `--steps` steps of batch 32 on real GLUE training data, on
   peak is that of a whole epoch without running one. This is the setup the issue's PyTorch
   reference (dynamic padding) was measured in.
 
-The child reports its peak RSS after loading the model and after training, and the bytes of the
-optimizer's variables (AdamW's two moments per trainable weight, plus its step counter). Writes
+The child reports its peak RSS after loading the model and after training, its activation
+memory (the peak minus the RSS just before the first step: activations, the traced step and
+its kernels), and the bytes of the optimizer's variables (AdamW's two moments per trainable weight, plus its step counter). Writes
 `<out>/memory.json`.
 """
 
@@ -50,31 +51,40 @@ def heaviest_batches(task: str, padding: str, steps: int):
     return batches[:steps]
 
 
+def current_rss_mb() -> float:
+    """This process's resident set size now (VmRSS of /proc/self/status)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def child(method: str, task: str, steps: int, padding: str) -> dict:
     import keras
     import numpy as np
     import tensorflow as tf
 
-    from adapter_bert.objectives import objective_for
-    from adapter_bert.training import build_model, make_optimizer, make_train_step
+    from adapter_bert.training import make_optimizer, make_train_step
 
-    args = common.training_args(method, task)
     batches = heaviest_batches(task, padding, steps)
     keras.utils.set_random_seed(0)
-    objective = objective_for(args)
-    model = build_model(args, objective)
+    args, objective, model = common.build_benchmark_model(method, task)
     loaded_mb = common.peak_rss_mb()
     _, optimizer = make_optimizer(args, total_steps=1000)
     trainable = model.trainable_weights
     optimizer.build(trainable)
     step = tf.function(make_train_step(model, optimizer, trainable, objective.loss(32)), reduce_retracing=True)
+    before_steps_mb = current_rss_mb()
     for inputs, labels in batches:
         float(step(inputs, labels))
 
     def nbytes(variables):
         return int(sum(np.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables))
 
-    return {"peak_rss_mb": round(common.peak_rss_mb(), 1), "rss_after_model_load_mb": round(loaded_mb, 1),
+    peak_mb = common.peak_rss_mb()
+    return {"peak_rss_mb": round(peak_mb, 1), "rss_after_model_load_mb": round(loaded_mb, 1),
+            "rss_before_first_step_mb": round(before_steps_mb, 1),
+            "activation_mb": round(peak_mb - before_steps_mb, 1),
             "optimizer_state_mb": round(nbytes(optimizer.variables) / 2**20, 2),
             "trainable_weights_mb": round(nbytes(trainable) / 2**20, 2),
             "model_weights_mb": round(nbytes(model.weights) / 2**20, 2),
@@ -96,7 +106,8 @@ def main(argv=None) -> int:
         print(json.dumps(child(args.child, args.task, args.steps, paddings[0])))
         return 0
     methods = [m for m in args.methods.split(",") if m]
-    unknown = sorted(set(methods) - set(common.METHODS)) + sorted(set(paddings) - set(PADDINGS))
+    unknown = (sorted(m for m in methods if not common.known_method(m))
+               + sorted(set(paddings) - set(PADDINGS)))
     if unknown:
         parser.error(f"unknown method or padding: {', '.join(unknown)}")
     report = {"benchmark": "memory", "machine": common.machine(), "task": args.task, "batch_size": 32,
@@ -113,9 +124,10 @@ def main(argv=None) -> int:
             print(f"{method}/{padding}: {results[method]}", file=sys.stderr, flush=True)
         entry = {"methods": results}
         if "full" in results:
-            full = results["full"]["peak_rss_mb"]
-            entry["peak_rss_below_full"] = {m: round(1 - r["peak_rss_mb"] / full, 3)
-                                            for m, r in results.items() if m != "full"}
+            for figure in ("peak_rss_mb", "activation_mb"):
+                full = results["full"][figure]
+                entry[f"{figure[:-3]}_below_full"] = {m: round(1 - r[figure] / full, 3)
+                                                      for m, r in results.items() if m != "full"}
         report["paddings"][padding] = entry
     common.write_report(args.out, "memory", report)
     return 0

@@ -2,7 +2,8 @@
 
     python bench/train_throughput.py [--task mrpc] [--steps 5] [--rounds 5] [--out /tmp/adapter_bert_bench]
 
-Every method trains the packaged MiniLM through the training command's own pieces
+Every method (a `common.VARIANTS` suffix allowed: `houlsby@bf16`, `houlsby@recompute`) trains
+the packaged MiniLM through the training command's own pieces
 (`build_model`, `make_optimizer`, `make_train_step`, one `tf.function` for all sequence lengths)
 on the same batches of real GLUE training data, batch 32, dropout on. Four paddings are timed:
 
@@ -80,41 +81,20 @@ def save_batches(path: Path, batches: dict) -> None:
     tmp.replace(path)
 
 
-#: `METHOD@bf16` times a method under Keras' mixed_bfloat16 policy (`--mixed_precision bf16`).
-PRECISIONS = {"bf16": "mixed_bfloat16"}
-
-
-def split_precision(method: str) -> tuple[str, str | None]:
-    """`"houlsby@bf16"` -> `("houlsby", "bf16")`; a plain name runs in float32."""
-    name, _, precision = method.partition("@")
-    return name, precision or None
-
-
 def make_step(method: str, task: str, skip_padding: bool = True):
-    """The training command's compiled step for `method`, and its parameter counts.
+    """The training command's compiled step for `method` (a `common.VARIANTS` suffix allowed),
+    and its parameter counts.
 
     `skip_padding` is read when the step is traced, so a dense step needs a model of its own.
-    A layer's compute dtype is fixed when it is built, so a bf16 model is built under the
-    policy and the policy is put back after.
     """
     import keras
     import numpy as np
     import tensorflow as tf
 
-    from adapter_bert.objectives import objective_for
-    from adapter_bert.training import build_model, make_optimizer, make_train_step
+    from adapter_bert.training import make_optimizer, make_train_step
 
-    method, precision = split_precision(method)
-    args = common.training_args(method, task, mixed_precision=precision)
     keras.utils.set_random_seed(0)
-    objective = objective_for(args)
-    previous = keras.mixed_precision.global_policy()
-    if precision:
-        keras.mixed_precision.set_global_policy(PRECISIONS[precision])
-    try:
-        model = build_model(args, objective)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+    args, objective, model = common.build_benchmark_model(method, task)
     model.bert.skip_padding = skip_padding
     _, optimizer = make_optimizer(args, total_steps=1000)
     trainable = model.trainable_weights
@@ -187,8 +167,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     paddings = [p for p in args.paddings.split(",") if p]
-    unknown = (sorted(m for m in methods if split_precision(m)[0] not in common.METHODS
-                      or split_precision(m)[1] not in (None, *PRECISIONS))
+    unknown = (sorted(m for m in methods if not common.known_method(m))
                + sorted(set(paddings) - set(PADDINGS)))
     if unknown:
         parser.error(f"unknown method or padding: {', '.join(unknown)}")
@@ -204,9 +183,9 @@ def main(argv=None) -> int:
             p: round(results["houlsby"][p]["examples_per_second"] / results["full"][p]["examples_per_second"], 3)
             for p in paddings}
     for method in results:
-        base, precision = split_precision(method)
-        if precision and base in results:
-            report.setdefault(f"{precision}_over_fp32", {})[base] = {
+        base, variant = common.split_variant(method)
+        if variant and base in results:
+            report.setdefault(f"{variant}_over_plain", {})[base] = {
                 p: round(results[method][p]["examples_per_second"]
                          / results[base][p]["examples_per_second"], 3) for p in paddings}
     for baseline in ("fixed", "fixed_dense"):

@@ -23,6 +23,8 @@ import report  # noqa: E402
     ("train_throughput", ["--paddings", "ragged"], "unknown method or padding: ragged"),
     ("train_throughput", ["--methods", "houlsby@fp8"], "unknown method or padding: houlsby@fp8"),
     ("memory", ["--methods", "nope"], "unknown method or padding: nope"),
+    ("efficiency", ["--methods", "prefix"], "unknown or not per-token method, or unknown padding: prefix"),
+    ("efficiency", ["--paddings", "ragged"], "unknown or not per-token method, or unknown padding: ragged"),
     ("accuracy", ["--tasks", "cola"], "unknown task or method: cola"),
     ("matmul_peak", ["--tokens", "0"], "--tokens and --repeats must be positive"),
     ("accuracy", ["--learning_rate", "0"], "--learning_rate must be positive, got 0.0"),
@@ -423,9 +425,57 @@ def test_throughput_precision_suffix_builds_the_model_under_the_bf16_policy():
 
     import train_throughput
 
-    assert train_throughput.split_precision("houlsby@bf16") == ("houlsby", "bf16")
-    assert train_throughput.split_precision("full") == ("full", None)
+    assert common.split_variant("houlsby@bf16") == ("houlsby", "bf16")
+    assert common.split_variant("full") == ("full", None)
+    assert common.known_method("houlsby@recompute") and not common.known_method("houlsby@fp8")
     before = keras.mixed_precision.global_policy().name
     step, counts = train_throughput.make_step("bitfit@bf16", "mrpc")
     assert keras.mixed_precision.global_policy().name == before  # put back
     assert counts["trainable_params"] > 0
+
+
+def test_useful_flops_count_real_tokens_forward_and_the_backward_each_method_needs():
+    """Hand-counted multiply-adds on a 2-layer, 8-wide, 16-inner BERT, two examples of 3 and 1
+    real tokens (padding to 4 is not useful work)."""
+    import efficiency
+
+    from adapter_bert.bert.config import BertConfig
+
+    config = BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=16)
+    batch = ({"attention_mask": [[1, 1, 1, 0], [1, 0, 0, 0]]}, None)
+    dense = 4 * 8 * 8 + 2 * 8 * 16  # 512 per token and layer
+    attention = 2 * (3 ** 2 + 1 ** 2) * 8  # 160 per layer: scores and weighted values
+    forward = 2 * (4 * dense + attention)
+    # Full fine-tuning (lowest trained: the embeddings, -1): input gradients in both layers
+    # (attention twice) and the weight gradients of every dense matrix.
+    full = efficiency.useful_flops([batch], config, 0, 2 * dense, -1) / 2
+    assert full == forward + 2 * (4 * dense + 2 * attention) + 4 * 2 * dense
+    # An adapter of 100 weights per token in every layer: its forward, its input and weight
+    # gradients, and the input gradients of layer 1 only (above the lowest trained layer).
+    adapter = efficiency.useful_flops([batch], config, 100, 0, 0) / 2
+    assert adapter == forward + 4 * 100 + (4 * dense + 2 * attention) + 2 * 4 * 100
+    assert efficiency.useful_flops([batch], config, 0, 0, None) / 2 == forward  # nothing trained
+
+
+def test_trained_matrices_find_the_lowest_adapted_layer_and_skip_the_head():
+    import efficiency
+
+    from adapter_bert import AdapterBertModel
+    from adapter_bert.testing import tiny_bert_config
+
+    model = AdapterBertModel.from_config(tiny_bert_config(num_hidden_layers=3))
+    hidden = model.config.hidden_size
+    model.add_adapter("a", config="seq_bn[reduction_factor=4, leave_out=[0]]")
+    model.add_classification_head("a", num_labels=2)
+    model.train_adapter("a")
+    adapter, base, lowest = efficiency.trained_matrices(model)
+    assert (lowest, base) == (1, 0)
+    assert adapter == 2 * 2 * hidden * (hidden // 4)  # down and up, in layers 1 and 2
+    full = AdapterBertModel.from_config(tiny_bert_config(num_hidden_layers=3))
+    full.add_adapter("f", config="full")
+    full.add_classification_head("f", num_labels=2)
+    full.train_adapter("f")
+    config = full.config
+    per_layer = 4 * config.hidden_size ** 2 + 2 * config.hidden_size * config.intermediate_size
+    assert efficiency.trained_matrices(full) == (0, 3 * per_layer, -1)

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from adapter_bert.bert.encoder import TokenIndex
-from adapter_bert.bert.fast_ops import LayerNorm, gelu, layer_norm
+from adapter_bert.bert.fast_ops import LayerNorm, attend, gelu, layer_norm
 
 
 def value_and_grads(fn, x, params=()):
@@ -110,6 +110,97 @@ def test_token_index_gather_and_scatter_match_gather_nd_and_scatter_nd_with_grad
     np.testing.assert_array_equal(dt, dt_ref)
 
 
+def reference_attention(query, key, value, mask_bias, rate, seed=None, recompute=False):
+    """The encoder's plain path: scores, float32 softmax, cast, Keras' dropout, matmul."""
+    scores = tf.matmul(query, tf.transpose(key, (0, 1, 3, 2)))
+    scores = scores * tf.cast(1.0 / query.shape[-1] ** 0.5, scores.dtype)
+    scores = scores + tf.cast(mask_bias, scores.dtype)
+    probs = tf.cast(tf.nn.softmax(tf.cast(scores, tf.float32), -1), value.dtype)
+    if rate:  # what keras.layers.Dropout runs, with its seed generator
+        probs = keras.random.dropout(probs, rate, seed=seed)
+    return tf.matmul(probs, value)
+
+
+def attention_value_and_grads(fn, *tensors):
+    tensors = [tf.convert_to_tensor(t) for t in tensors]
+    with tf.GradientTape() as tape:
+        tape.watch(tensors)
+        y = fn(*tensors)
+        weights = np.random.default_rng(7).normal(size=y.shape).astype("float32")
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * weights)
+    grads = tape.gradient(loss, tensors)
+    return [t.numpy().astype("float32") for t in (y, *grads)]
+
+
+@pytest.mark.parametrize("dtype,rate,recompute,tol", [
+    ("float32", 0.1, False, 1e-5), ("float32", 0.1, True, 1e-5), ("float32", 0.0, False, 1e-5),
+    ("float32", 0.5, True, 1e-5), ("bfloat16", 0.1, False, 3e-2), ("bfloat16", 0.1, True, 3e-2)])
+def test_attend_equals_softmax_dropout_matmul_with_gradients(dtype, rate, recompute, tol):
+    # [batch 2, heads 3, 6 queries, 8 keys (more keys than queries, as under prefix tuning),
+    # head size 4]; the second example's last three keys are padding (the encoder's -10000 bias),
+    # so their probabilities, and the gradients of those keys and values, are exactly zero.
+    rng = np.random.default_rng(5)
+    query, key, value = (rng.normal(0, 1.5, (2, 3, n, 4)).astype("float32") for n in (6, 8, 8))
+    mask_bias = np.zeros((2, 1, 1, 8), "float32")
+    mask_bias[1, ..., 5:] = -10000.0
+    query, key, value = (tf.cast(t, dtype) for t in (query, key, value))
+
+    def ours(q, k, v):
+        return attend(q, k, v, mask_bias, rate, seed=keras.random.SeedGenerator(11),
+                      recompute=recompute)
+
+    def reference(q, k, v):
+        return reference_attention(q, k, v, mask_bias, rate, keras.random.SeedGenerator(11))
+
+    got = attention_value_and_grads(ours, query, key, value)
+    want = attention_value_and_grads(reference, query, key, value)
+    for name, a, b in zip(("context", "d query", "d key", "d value"), got, want):
+        np.testing.assert_allclose(a, b, atol=tol, rtol=tol, err_msg=name)
+    for padded in got[2:]:  # d key, d value at the padded keys
+        assert not padded[1, :, 5:].any()
+    assert np.abs(got[1]).max() > 1e-2  # real gradients reach the queries
+    if rate:  # some weights were dropped, the same in both (else the contexts would differ)
+        ones = tf.ones_like(value)
+        assert float(tf.reduce_min(tf.cast(attend(query, key, ones, mask_bias, rate,
+                                                  keras.random.SeedGenerator(11)), tf.float32))) < 0.99
+
+
+def test_attend_in_a_traced_step_equals_the_plain_encoder_path(monkeypatch):
+    """Through a whole tiny BERT in a tf.function with padding rows: outputs and input-gradients
+    equal those of the encoder with Keras' softmax, Dropout and matmul."""
+    from adapter_bert.bert import encoder as encoder_module
+    from adapter_bert.testing import random_inputs, tiny_encoder
+
+    inputs = random_inputs(batch=4, seq=12)
+
+    def run(recompute=False):
+        encoder = tiny_encoder(dropout=0.1)
+        encoder.recompute_attention = recompute
+        keras.utils.set_random_seed(3)
+        embeddings = encoder.embeddings.word_embeddings.embeddings
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                tape.watch(embeddings.value)
+                out = encoder(inputs, training=True)["sequence_output"]
+                loss = tf.reduce_sum(out * tf.cos(tf.range(out.shape[-1], dtype=tf.float32)))
+            return out, tape.gradient(loss, embeddings.value)
+
+        out, grad = step()
+        return out.numpy(), tf.convert_to_tensor(grad).numpy()
+
+    ours = run()
+    recomputed = run(recompute=True)
+    monkeypatch.setattr(encoder_module, "attend", reference_attention)
+    reference = run()
+    np.testing.assert_allclose(recomputed[0], reference[0], atol=1e-5)
+    np.testing.assert_allclose(recomputed[1], reference[1], atol=1e-5)
+    np.testing.assert_allclose(ours[0], reference[0], atol=1e-5)
+    np.testing.assert_allclose(ours[1], reference[1], atol=1e-5)
+    assert np.abs(ours[1]).max() > 1e-3  # a real gradient, not zeros on both sides
+
+
 def test_other_keras_backends_get_keras_own_layers(monkeypatch):
     """`tf.custom_gradient` and TokenIndex are TensorFlow-only: elsewhere the Keras code runs."""
     from adapter_bert.testing import random_inputs, tiny_encoder
@@ -134,3 +225,40 @@ def test_other_keras_backends_get_keras_own_layers(monkeypatch):
     dense = encoder(inputs)["sequence_output"].numpy()
     assert dense[padding].any()  # every position computed: no TokenIndex
     np.testing.assert_allclose(dense[~padding], skipped[~padding], atol=1e-5)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_attention_backward_waits_for_the_gradient_and_recomputes_only_when_asked(recompute):
+    """The backward pass forms the dropped (and, with recompute_attention, all) probabilities
+    again only after the incoming gradient exists: an op without that edge would run during the
+    forward pass and hold its [batch, heads, seq, seq] result until the backward pass."""
+    from adapter_bert.testing import random_inputs, tiny_encoder
+
+    encoder = tiny_encoder(dropout=0.1)
+    encoder.recompute_attention = recompute
+    assert encoder.recompute_attention is recompute
+    assert all(layer.attention.recompute_probabilities is recompute for layer in encoder.layers)
+    inputs = random_inputs(batch=2, seq=8)
+    embeddings = encoder.embeddings.word_embeddings.embeddings
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(embeddings.value)
+            loss = tf.reduce_sum(encoder(inputs, training=True)["sequence_output"])
+        return tape.gradient(loss, embeddings.value)
+
+    graph = step.get_concrete_function().graph
+    backward = [op for op in graph.get_operations() if "attend_grad" in op.name]
+    softmaxes = [op for op in backward if op.type == "Softmax"]
+    assert len(softmaxes) == (len(encoder.layers) if recompute else 0)
+    # Every op of the backward pass that reads only forward tensors hangs on the gradient.
+
+    def from_backward(tensor):
+        return "attend_grad" in tensor.op.name or tensor.op.name.startswith("gradient_tape")
+
+    roots = [op for op in backward if op.type != "Const" and op.inputs
+             and not any(from_backward(t) for t in op.inputs)]
+    assert roots
+    for op in roots:
+        assert any(c.name.startswith("gradient_tape") for c in op.control_inputs), op.name

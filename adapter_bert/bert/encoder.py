@@ -18,7 +18,7 @@ import keras
 from keras import ops
 
 from adapter_bert.bert.config import BertConfig
-from adapter_bert.bert.fast_ops import LayerNorm, gelu, tensorflow_backend
+from adapter_bert.bert.fast_ops import LayerNorm, attend, gelu, tensorflow_backend
 from adapter_bert.bert.hooks import EncoderHooks, ForwardContext, HookPoint
 
 # Additive mask value for padded keys. -10000 is what Google's BERT uses; it is representable in
@@ -298,6 +298,9 @@ class BertSelfAttention(_HookOwner, keras.layers.Layer):
         self.output_dropout = keras.layers.Dropout(
             hidden_dropout, dtype=self.dtype_policy, name="output_dropout")
         self.kv_point = HookPoint(f"{self.name}.attention", "attention")
+        # Recompute the attention probabilities in the backward pass instead of keeping them
+        # (`BertEncoder.recompute_attention`); read when a training step is traced.
+        self.recompute_probabilities = False
 
     def hook_points(self) -> dict[str, HookPoint]:
         return {"query": self.query.hook_point, "key": self.key.hook_point,
@@ -326,13 +329,19 @@ class BertSelfAttention(_HookOwner, keras.layers.Layer):
         if self.kv_point.is_active():
             key, value, mask_bias = self.kv_point.run(key, value, mask_bias, hidden,
                                                       training=training)[:3]
-        scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
-        scores = scores * ops.cast(1.0 / (self.head_size ** 0.5), scores.dtype)
-        scores = scores + ops.cast(mask_bias, scores.dtype)
-        # Softmax in float32 keeps bf16/fp16 training stable; a no-op cast in float32.
-        probs = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), value.dtype)
-        probs = self.attention_dropout(probs, training=training)
-        context = ops.transpose(ops.matmul(probs, value), (0, 2, 1, 3))
+        if training:  # the same function, with a backward pass that keeps less (fast_ops.attend)
+            # Keras' Dropout has a seed generator only for a non-zero rate.
+            context = attend(query, key, value, mask_bias, self.attention_dropout_rate,
+                             seed=getattr(self.attention_dropout, "seed_generator", None),
+                             recompute=self.recompute_probabilities)
+        else:
+            scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
+            scores = scores * ops.cast(1.0 / (self.head_size ** 0.5), scores.dtype)
+            scores = scores + ops.cast(mask_bias, scores.dtype)
+            # Softmax in float32 keeps bf16/fp16 training stable; a no-op cast in float32.
+            probs = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), value.dtype)
+            context = ops.matmul(probs, value)
+        context = ops.transpose(context, (0, 2, 1, 3))
         context = ops.reshape(context, (batch, -1, self.hidden_size))
         if tokens is not None:
             context = tokens.gather(context)
@@ -553,6 +562,23 @@ class BertEncoder(keras.layers.Layer):
         self.skip_padding = skip_padding
         # Built eagerly so a checkpoint can be loaded before the first call.
         self.build(None)
+
+    @property
+    def recompute_attention(self) -> bool:
+        """Whether training recomputes each layer's attention probabilities in the backward pass.
+
+        Off by default. On, a training step keeps no `[batch, heads, seq, seq]` float tensor
+        for its backward pass (only a one-byte dropout mask per layer), for one more batched
+        matmul and softmax per layer: less memory at long padded lengths, a slower step. The
+        function and its gradients are the same to float rounding. A plain attribute, not
+        config, read when a training step is traced.
+        """
+        return self.layers[0].attention.recompute_probabilities if self.layers else False
+
+    @recompute_attention.setter
+    def recompute_attention(self, value: bool) -> None:
+        for layer in self.layers:
+            layer.attention.recompute_probabilities = bool(value)
 
     @classmethod
     def from_bert_config(cls, config: BertConfig, **kwargs) -> "BertEncoder":

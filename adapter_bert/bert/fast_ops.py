@@ -31,11 +31,13 @@ def tensorflow_backend() -> bool:
 @tf.custom_gradient
 def _gelu(x):
     cdf = 0.5 * tf.math.erfc(x * -_INV_SQRT2)
+    # The derivative is formed here, so the backward pass keeps one tensor of the FFN's width
+    # (not the input and the CDF); where no gradient is taken, the graph prunes it.
+    derivative = cdf + x * (_INV_SQRT_2PI * tf.exp(-0.5 * tf.square(x)))
 
     def grad(dy):
         with tf.name_scope("gelu_grad"):  # the tape runs this outside the forward's scopes
-            pdf = _INV_SQRT_2PI * tf.exp(-0.5 * tf.square(x))
-            return dy * (cdf + x * pdf)
+            return dy * derivative
 
     return x * cdf, grad
 
@@ -122,3 +124,85 @@ class LayerNorm(keras.layers.LayerNormalization):
         if not self._fast_path(inputs):
             return super().call(inputs)
         return tf.cast(layer_norm(inputs, self.gamma, self.beta, self.epsilon), self.compute_dtype)
+
+
+def attend(query, key, value, mask_bias, dropout_rate: float = 0.0, seed=None,
+           recompute: bool = False):
+    """Scaled dot-product attention with dropout, keeping only what its backward pass needs.
+
+    `query`, `key`, `value` are `[batch, heads, seq, head_size]` (keys and values may be longer
+    than the queries), `mask_bias` is additive and broadcasts to `[batch, heads, queries, keys]`.
+    Computes `dropout(softmax(query @ key^T / sqrt(head_size) + mask_bias)) @ value` with the
+    softmax in float32 and its output cast to `value`'s dtype, as the encoder's plain path does.
+    Dropout draws its keep-mask from `seed` (a Keras `SeedGenerator`) exactly as
+    `keras.layers.Dropout` with that generator would, so both paths give the same outputs and
+    gradients to float rounding (`tests/test_fast_ops.py`).
+
+    For its backward pass autodiff keeps, per layer, three `[batch, heads, queries, keys]`
+    tensors (the probabilities, the keep-mask, the dropped probabilities) and a transposed copy
+    of the keys. This keeps the float32 probabilities and a one-byte mask, and forms the dropped
+    probabilities again in the backward pass; with `recompute=True` it keeps only the mask and
+    recomputes the probabilities from the queries and keys too (one more batched matmul and
+    softmax per layer, for about a third less attention memory). The recomputation waits for the
+    incoming gradient: without that edge TensorFlow's executor would run it as soon as its
+    inputs exist, during the forward pass, and keep every layer's result alive until the
+    backward pass reaches it.
+
+    Example:
+    >>> import numpy as np
+    >>> q = k = np.zeros((1, 1, 2, 4), "float32")
+    >>> v = np.array([[[[1.0], [3.0]]]], "float32")
+    >>> attend(q, k, v, np.zeros((1, 1, 1, 2), "float32")).numpy().ravel().tolist()
+    [2.0, 2.0]
+    """
+    scale = 1.0 / float(query.shape[-1]) ** 0.5
+    if not tensorflow_backend():
+        ops = keras.ops
+        scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
+        scores = scores * ops.cast(scale, scores.dtype) + ops.cast(mask_bias, scores.dtype)
+        probs = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1),
+                         keras.backend.standardize_dtype(value.dtype))
+        if dropout_rate:
+            probs = keras.random.dropout(probs, dropout_rate, seed=seed)
+        return ops.matmul(probs, value)
+    with tf.name_scope("attend"):
+        query, key, value = (tf.convert_to_tensor(t) for t in (query, key, value))
+        mask_bias = tf.cast(mask_bias, value.dtype)
+        keep = None
+        if dropout_rate:
+            shape = tf.concat([tf.shape(query)[:-1], tf.shape(key)[-2:-1]], 0)
+            noise = keras.random.uniform(shape, dtype=value.dtype, seed=seed)
+            keep = noise >= tf.cast(dropout_rate, value.dtype)
+        return _attend(query, key, value, mask_bias, keep, dropout_rate, scale, recompute)
+
+
+def _attend(query, key, value, mask_bias, keep, dropout_rate: float, scale: float,
+            recompute: bool):
+    dtype = value.dtype
+    keep_scale = tf.constant(1.0 / (1.0 - dropout_rate), dtype)
+
+    def probabilities(query, key):
+        scores = tf.matmul(query, key, transpose_b=True) * tf.constant(scale, dtype) + mask_bias
+        return tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1)
+
+    def dropped(values):  # the dropout of Keras' Dropout: kept values scaled, the rest zero
+        return values if keep is None else tf.where(keep, values * keep_scale, tf.zeros([], dtype))
+
+    @tf.custom_gradient
+    def core(query, key, value):
+        probs = probabilities(query, key)
+        context = tf.matmul(dropped(tf.cast(probs, dtype)), value)
+
+        def grad(dcontext):
+            with tf.name_scope("attend_grad"), tf.control_dependencies([dcontext]):
+                kept = probabilities(query, key) if recompute else probs
+                dvalue = tf.matmul(dropped(tf.cast(kept, dtype)), dcontext, transpose_a=True)
+                dprobs = tf.cast(dropped(tf.matmul(dcontext, value, transpose_b=True)), tf.float32)
+                dscores = (dprobs - tf.reduce_sum(dprobs * kept, -1, keepdims=True)) * kept
+                dscores = tf.cast(dscores, dtype) * tf.constant(scale, dtype)
+                return (tf.matmul(dscores, key), tf.matmul(dscores, query, transpose_a=True),
+                        dvalue)
+
+        return context, grad
+
+    return core(query, key, value)
