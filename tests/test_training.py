@@ -259,6 +259,26 @@ def test_every_flagfile_parses_into_valid_arguments():
     flags.FLAGS.unparse_flags()
 
 
+def test_recompute_attention_trains_to_the_same_weights(tmp_path, tiny_checkpoint):
+    """--recompute_attention changes what the backward pass keeps, not what it computes: two
+    runs with the same seed (dropout on) end at the same adapter weights, where another seed
+    ends far from them."""
+    from safetensors.numpy import load_file
+
+    write_glue_task(tmp_path / "glue", "mrpc", n=16)
+    weights = {}
+    for recompute, seed in ((False, 0), (True, 0), (False, 1)):
+        out = tmp_path / f"out_{recompute}_{seed}"
+        run(_args(tmp_path, tiny_checkpoint, epochs=1, predict_test=False, seed=seed,
+                  recompute_attention=recompute, saved_models_dir=str(out)))
+        weights[recompute, seed] = load_file(out / "mrpc" / "adapter" / "adapter.safetensors")
+    plain, recomputed, other = weights[False, 0], weights[True, 0], weights[False, 1]
+    assert plain.keys() == recomputed.keys()
+    for name, value in plain.items():
+        np.testing.assert_allclose(recomputed[name], value, atol=1e-5, err_msg=name)
+    assert max(float(np.abs(other[name] - value).max()) for name, value in plain.items()) > 1e-3
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_runs_and_restores_the_policy(tmp_path, tiny_checkpoint, precision):
     import keras
