@@ -1,6 +1,7 @@
 """Dev accuracy of every method on MRPC and SST-2, over several seeds, with trainable fractions.
 
     python bench/accuracy.py [--tasks mrpc,sst2] [--methods houlsby,...,full] [--seeds 0,1,2]
+                             (a method may carry a `common.VARIANTS` suffix: houlsby@bf16)
                              [--learning_rate LR] [--bottleneck_size N] [--out /tmp/adapter_bert_bench]
     python bench/accuracy.py --tasks mrpc --methods compacter,...,direft --mrpc_train_examples 1000 \
                              --epochs 2 --out /tmp/adapter_bert_bench/checks/newer_methods
@@ -53,7 +54,8 @@ def run_command(task: str, method: str, seed: int, epochs: int, out: Path,
     overrides = {} if learning_rate is None else {"learning_rate": learning_rate}
     if bottleneck_size is not None:
         overrides["bottleneck_size"] = bottleneck_size
-    args = common.training_args(method, task, **overrides)
+    name, variant = common.split_variant(method)
+    args = common.training_args(name, task, **overrides, **common.VARIANTS.get(variant, {}))
     chosen = f"--method={args.method}" if args.method else f"--adapter_config={args.adapter_config}"
     command = [sys.executable, str(common.REPO / "run_tf_adapter_bert.py"),
                f"--casing={args.casing}", f"--task={task}", chosen,
@@ -69,6 +71,10 @@ def run_command(task: str, method: str, seed: int, epochs: int, out: Path,
         command.append(f"--adapter_drop={args.adapter_drop}")
     if train_examples:
         command.append(f"--max_train_examples={train_examples}")
+    if args.mixed_precision:
+        command.append(f"--mixed_precision={args.mixed_precision}")
+    if args.recompute_attention:
+        command.append("--recompute_attention")
     return command
 
 
@@ -116,13 +122,14 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s]
     if args.learning_rate is not None and args.learning_rate <= 0:
         parser.error(f"--learning_rate must be positive, got {args.learning_rate}")
-    unknown = sorted(set(tasks) - set(TASK_DIRS)) + sorted(set(methods) - set(common.METHODS))
+    unknown = (sorted(set(tasks) - set(TASK_DIRS))
+               + sorted(m for m in methods if not common.known_method(m)))
     if unknown:
         parser.error(f"unknown task or method: {', '.join(unknown)}")
     if args.bottleneck_size is not None:
         if args.bottleneck_size <= 0:
             parser.error(f"--bottleneck_size must be positive, got {args.bottleneck_size}")
-        other = [m for m in methods if m not in BOTTLENECK_METHODS]
+        other = [m for m in methods if common.split_variant(m)[0] not in BOTTLENECK_METHODS]
         if other:
             parser.error(f"--bottleneck_size applies to {', '.join(BOTTLENECK_METHODS)} only, "
                          f"not {', '.join(other)}")
@@ -131,7 +138,8 @@ def main(argv=None) -> int:
     report = {"benchmark": "accuracy", "machine": common.machine(), "epochs": args.epochs,
               "sst2_train_examples": args.sst2_train_examples,
               "mrpc_train_examples": args.mrpc_train_examples, "seeds": seeds,
-              "learning_rates": {m: common.LEARNING_RATES[m] if args.learning_rate is None else args.learning_rate
+              "learning_rates": {m: common.LEARNING_RATES[common.split_variant(m)[0]]
+                                 if args.learning_rate is None else args.learning_rate
                                  for m in methods},
               "command": " ".join([sys.executable] + sys.argv), "tasks": {}}
     for task in tasks:

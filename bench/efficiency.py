@@ -17,13 +17,16 @@ Useful arithmetic counts real tokens only (padding is not useful work), as multi
 - backward, input gradients: the same dense and attention arithmetic again (attention twice:
   four batched matmuls) for every layer above the lowest layer that holds a trained weight
   (the embeddings for full fine-tuning, so every layer); the lowest layer's partial backward
-  pass is not counted, so an adapter method's figure is a lower bound;
+  pass is not counted (its dense layers' input gradients below the adapter), which makes an
+  adapter method's figure a slight underestimate;
 - backward, weight gradients: once more the arithmetic of every trained matrix, the method's
   and the base's (all of them for full fine-tuning); the method's matrices also pass their
   input gradients back.
 Elementwise work (LayerNorm, GELU, softmax, dropout), the head and the optimizer count as zero:
 they are the overhead the figure shows. Methods whose trained weights do not act per token
-(prefix and prompt tuning's tables, ReFT) are refused. Writes `<out>/efficiency.json`.
+(prefix and prompt tuning's tables, ReFT) are refused. The matmul rate is float32's, so a
+`@bf16` row's fraction compares its speed with float32 arithmetic, not with bf16's own ceiling.
+Writes `<out>/efficiency.json`.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ command's pieces, for `--steps` steps of batch 32 on real GLUE training data, on
   reference (dynamic padding) was measured in.
 
 The child reports its peak RSS after loading the model and after training, its activation
-memory (the peak minus the RSS just before the first step: activations, the traced step and
-its kernels), and the bytes of the optimizer's variables (AdamW's two moments per trainable weight, plus its step counter). Writes
+memory (the peak of the steps, VmHWM reset just before the first, minus the RSS then:
+activations, the traced step and its kernels), and the bytes of the optimizer's variables (AdamW's two moments per trainable weight, plus its step counter). Writes
 `<out>/memory.json`.
 """
 
@@ -51,12 +51,17 @@ def heaviest_batches(task: str, padding: str, steps: int):
     return batches[:steps]
 
 
-def current_rss_mb() -> float:
-    """This process's resident set size now (VmRSS of /proc/self/status)."""
+def status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS: resident now; VmHWM: its peak), in MB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def reset_peak_rss() -> None:
+    """Starts VmHWM again from the current RSS, so a peak of loading is not taken for training's."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def child(method: str, task: str, steps: int, padding: str) -> dict:
@@ -74,7 +79,8 @@ def child(method: str, task: str, steps: int, padding: str) -> dict:
     trainable = model.trainable_weights
     optimizer.build(trainable)
     step = tf.function(make_train_step(model, optimizer, trainable, objective.loss(32)), reduce_retracing=True)
-    before_steps_mb = current_rss_mb()
+    before_steps_mb = status_mb("VmRSS")
+    reset_peak_rss()
     for inputs, labels in batches:
         float(step(inputs, labels))
 
@@ -84,7 +90,7 @@ def child(method: str, task: str, steps: int, padding: str) -> dict:
     peak_mb = common.peak_rss_mb()
     return {"peak_rss_mb": round(peak_mb, 1), "rss_after_model_load_mb": round(loaded_mb, 1),
             "rss_before_first_step_mb": round(before_steps_mb, 1),
-            "activation_mb": round(peak_mb - before_steps_mb, 1),
+            "activation_mb": round(status_mb("VmHWM") - before_steps_mb, 1),
             "optimizer_state_mb": round(nbytes(optimizer.variables) / 2**20, 2),
             "trainable_weights_mb": round(nbytes(trainable) / 2**20, 2),
             "model_weights_mb": round(nbytes(model.weights) / 2**20, 2),

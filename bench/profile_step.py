@@ -63,6 +63,20 @@ def tf_category(name: str, op_type: str) -> str:
     return "other"
 
 
+# A BERT layer's ops (`layer_3_1/...`, Keras' unique suffix) and its adapters' (`layer_3_mh_adapter/`).
+LAYER_SCOPE = re.compile(r"(?:^|/)layer_(\d+)(?=[_/])")
+
+
+def backward_layer(name: str) -> int | None:
+    """The layer index of a backward-pass op (autodiff's `gradient_tape/...` ops and the
+    hand-written gradients' `..._grad/` scopes), else None: forward ops, the optimizer, and
+    backward ops outside the layers (head, pooler, embeddings)."""
+    if not (name.startswith("gradient_tape/") or "_grad/" in name):
+        return None
+    match = LAYER_SCOPE.search(name)
+    return int(match.group(1)) if match else None
+
+
 def op_events(logdir: Path):
     """(op name, op type, seconds) of every op a TF profiler trace under `logdir` recorded."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
@@ -82,15 +96,22 @@ def op_events(logdir: Path):
 
 def summarize(events, steps: int, wall_seconds: float) -> dict:
     """Milliseconds per step by category and the ten costliest op types."""
-    by_category, by_type = collections.Counter(), collections.Counter()
+    by_category, by_type, by_layer = (collections.Counter() for _ in range(3))
     for name, op_type, seconds in events:
         by_category[tf_category(name, op_type)] += seconds
         by_type[op_type] += seconds
+        layer = backward_layer(name)
+        if layer is not None:
+            by_layer[layer] += seconds
     total = sum(by_category.values())
     return {"wall_ms_per_step": round(1e3 * wall_seconds / steps, 1),
             "op_ms_per_step": round(1e3 * total / steps, 1),
             "categories_ms_per_step": {c: round(1e3 * by_category[c] / steps, 1) for c in CATEGORIES},
-            "top_op_types_ms_per_step": {t: round(1e3 * s / steps, 1) for t, s in by_type.most_common(10)}}
+            "top_op_types_ms_per_step": {t: round(1e3 * s / steps, 1) for t, s in by_type.most_common(10)},
+            # Where the backward pass runs: an AdapterDrop setup must show none below its lowest
+            # adapter.
+            "backward_ms_per_step_by_layer": {str(i): round(1e3 * by_layer[i] / steps, 1)
+                                              for i in sorted(by_layer)}}
 
 
 def profile_method(method: str, task: str, batches: list, logdir: Path) -> dict:
@@ -154,6 +175,11 @@ def print_table(rows: dict) -> None:
     for category in CATEGORIES:
         print(category.ljust(32) + "".join(
             f"{rows[n]['categories_ms_per_step'][category]:20.1f}" for n in names))
+    layers = sorted({int(i) for n in names for i in rows[n].get("backward_ms_per_step_by_layer", {})})
+    for layer in layers:
+        print(f"backward, layer {layer}".ljust(32) + "".join(
+            f"{rows[n].get('backward_ms_per_step_by_layer', {}).get(str(layer), 0.0):20.1f}"
+            for n in names))
 
 
 def main(argv=None) -> int:

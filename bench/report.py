@@ -47,7 +47,9 @@ def load_accuracy(results: Path) -> dict:
 
     summaries = {}
     for task_dir in sorted((results / "accuracy_runs").glob("*")):
-        for method in common.METHODS:
+        methods = [m for m in common.METHODS if (task_dir / m).is_dir()] + sorted(
+            d.name for d in task_dir.glob("*@*") if common.known_method(d.name))
+        for method in methods:
             files = sorted((task_dir / method).glob(f"seed*/{task_dir.name}/results.json"))
             if files:
                 runs = [json.loads(f.read_text()) for f in files]
@@ -239,7 +241,7 @@ def checks_section(res: dict) -> list[str]:
     for name, tasks in res.get("checks", {}).items():
         for task, methods in tasks.items():
             for method, s in methods.items():
-                preset = res["accuracy"].get(task, {}).get(method)
+                preset = res["accuracy"].get(task, {}).get(common.split_variant(method)[0])
                 rows.append([name, task, method, f"{s['learning_rate']:g}", s.get("bottleneck_size") or "-",
                              s["epochs"],
                              f"{s['train_examples']:,}" if s["train_examples"] else "all",

@@ -14,6 +14,14 @@ python bench/inference.py --rounds 5 --out "$OUT"
 python bench/memory.py --steps 4 --out "$OUT"
 python bench/onednn.py --out "$OUT"
 python bench/matmul_peak.py --out "$OUT"
+# Adapter-training memory with and without the attention recomputation, the arithmetic
+# efficiency of a step against the matmul rate, and bf16 beside float32.
+python bench/memory.py --methods full,houlsby,houlsby@recompute,full@recompute --steps 4 --out "$OUT/memory_recompute"
+python bench/efficiency.py --methods houlsby,full,houlsby@bf16,full@bf16 --out "$OUT"
+python bench/train_throughput.py --methods full,full@bf16,houlsby,houlsby@bf16 --paddings dynamic,bucketed \
+    --steps 5 --rounds 3 --out "$OUT/bf16"
+python bench/inference.py --bf16 --rounds 3 --out "$OUT/bf16"
+python bench/accuracy.py --tasks mrpc --methods houlsby@bf16,full@bf16 --out "$OUT/checks/bf16"
 python bench/profile_step.py --peers adapters_houlsby,torch_full --out "$OUT"
 python bench/accuracy.py --tasks mrpc,sst2 --seeds 0,1,2 --epochs 3 --out "$OUT"
 python bench/peers.py --mode accuracy --task mrpc --systems adapters_houlsby,peft_lora,torch_full \

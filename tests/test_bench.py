@@ -325,6 +325,8 @@ def test_accuracy_collect_only_summarises_finished_runs_and_trains_nothing(tmp_p
     ("m/bert_encoder/layer_3/attention_ln/layer_norm/moments/mean", "Mean", "LayerNorm"),
     ("m/bert_encoder/layer_3/layer_3_mh_adapter/task_layer_norm/layer_norm/sub", "Sub", "LayerNorm"),
     ("m/bert_encoder/layer_1/attention/attention_dropout/stateless_dropout/random", "StatelessRandomUniformV2", "dropout"),
+    ("m/bert_encoder/layer_1/attention/attend/dropout/stateless_random_uniform", "StatelessRandomUniformV2", "dropout"),
+    ("m/bert_encoder/layer_1/attention/attend_grad/dropout/SelectV2", "SelectV2", "dropout"),
     ("m/bert_encoder/layer_1/attention/Softmax", "_MklSoftmax", "softmax"),
     ("m/bert_encoder/layer_1/attention/GatherV2_1", "GatherV2", "gathers, scatters, transposes"),
     ("m/bert_encoder/layer_1/attention/transpose", "_MklTranspose", "gathers, scatters, transposes"),
@@ -479,3 +481,28 @@ def test_trained_matrices_find_the_lowest_adapted_layer_and_skip_the_head():
     config = full.config
     per_layer = 4 * config.hidden_size ** 2 + 2 * config.hidden_size * config.intermediate_size
     assert efficiency.trained_matrices(full) == (0, 3 * per_layer, -1)
+
+
+def test_accuracy_variant_runs_the_command_with_the_variant_flag():
+    command = accuracy.run_command("mrpc", "houlsby@bf16", 1, 3, Path("/tmp/x"), None)
+    assert "--mixed_precision=bf16" in command and "--method=houlsby" in command
+    assert "--learning_rate=0.001" in command and "--seed=1" in command
+    plain = accuracy.run_command("mrpc", "houlsby", 1, 3, Path("/tmp/x"), None)
+    assert [c for c in command if c not in plain] == ["--mixed_precision=bf16"]
+    assert "--recompute_attention" in accuracy.run_command("mrpc", "full@recompute", 0, 3,
+                                                           Path("/tmp/x"), None)
+
+
+@pytest.mark.parametrize("name, layer", [
+    ("gradient_tape/bert_encoder_1/layer_3_1/attention_1/query_1/MatMul", 3),
+    ("bert_encoder_1/layer_1_1/output_ln_1/layer_norm_grad/sub", 1),
+    ("bert_encoder_1/layer_0_1/attention_1/attend_grad/MatMul_2", 0),
+    ("gradient_tape/layer_4_mh_adapter_1/down_1/MatMul", 4),
+    ("bert_encoder_1/layer_2_1/intermediate_1/MatMul", None),  # forward
+    ("gradient_tape/head_mrpc_1/classifier_1/MatMul", None),  # backward outside the layers
+    ("adam_w/Mul_3", None),
+])
+def test_profile_attributes_backward_ops_to_their_layer(name, layer):
+    import profile_step
+
+    assert profile_step.backward_layer(name) == layer

@@ -40,6 +40,14 @@ def test_gelu_keeps_a_half_precision_dtype():
         tf.constant([[-1.5, 0.25, 3.0]]), approximate=False), atol=2e-2)
 
 
+def test_gelu_gradient_in_bfloat16_equals_autodiff_of_the_keras_gelu():
+    x = tf.constant(np.linspace(-6, 6, 97).reshape(1, -1), tf.bfloat16)
+    _, (dx,) = value_and_grads(gelu, x)
+    _, (dx_ref,) = value_and_grads(lambda t: keras.activations.gelu(t, approximate=False), x)
+    np.testing.assert_allclose(dx, dx_ref, atol=2e-2, rtol=2e-2)
+    assert np.abs(dx).max() > 0.5
+
+
 @pytest.mark.parametrize("offset", [0.0, 50.0])  # 50: rows far from zero mean
 def test_layer_norm_matches_keras_with_gradients_for_input_gamma_and_beta(offset):
     rng = np.random.default_rng(1)
@@ -134,7 +142,8 @@ def attention_value_and_grads(fn, *tensors):
 
 @pytest.mark.parametrize("dtype,rate,recompute,tol", [
     ("float32", 0.1, False, 1e-5), ("float32", 0.1, True, 1e-5), ("float32", 0.0, False, 1e-5),
-    ("float32", 0.5, True, 1e-5), ("bfloat16", 0.1, False, 3e-2), ("bfloat16", 0.1, True, 3e-2)])
+    ("float32", 0.5, True, 1e-5), ("bfloat16", 0.1, False, 3e-2), ("bfloat16", 0.1, True, 3e-2),
+    ("float16", 0.1, False, 5e-3)])
 def test_attend_equals_softmax_dropout_matmul_with_gradients(dtype, rate, recompute, tol):
     # [batch 2, heads 3, 6 queries, 8 keys (more keys than queries, as under prefix tuning),
     # head size 4]; the second example's last three keys are padding (the encoder's -10000 bias),
@@ -163,6 +172,11 @@ def test_attend_equals_softmax_dropout_matmul_with_gradients(dtype, rate, recomp
         ones = tf.ones_like(value)
         assert float(tf.reduce_min(tf.cast(attend(query, key, ones, mask_bias, rate,
                                                   keras.random.SeedGenerator(11)), tf.float32))) < 0.99
+
+
+def test_attend_with_everything_dropped_is_zero_as_keras_dropout():
+    q = k = v = tf.ones((1, 2, 3, 4))
+    np.testing.assert_array_equal(attend(q, k, v, tf.zeros((1, 1, 1, 3)), 1.0), np.zeros((1, 2, 3, 4)))
 
 
 def test_attend_in_a_traced_step_equals_the_plain_encoder_path(monkeypatch):

@@ -28,15 +28,24 @@ def tensorflow_backend() -> bool:
     return keras.backend.backend() == "tensorflow"
 
 
+def backward_scope(name: str):
+    """A name scope for a hand-written gradient, beside its forward ops (`layer_3/.../gelu` ->
+    `layer_3/.../gelu_grad`): the tape runs gradients outside the forward's scopes, and a
+    profile attributes the backward pass to layers by these names (`bench/profile_step.py`)."""
+    forward = tf.get_current_name_scope()
+    return tf.name_scope(f"{forward}_grad/" if forward else f"{name}_grad")
+
+
 @tf.custom_gradient
 def _gelu(x):
     cdf = 0.5 * tf.math.erfc(x * -_INV_SQRT2)
+    scope = backward_scope("gelu")
     # The derivative is formed here, so the backward pass keeps one tensor of the FFN's width
     # (not the input and the CDF); where no gradient is taken, the graph prunes it.
     derivative = cdf + x * (_INV_SQRT_2PI * tf.exp(-0.5 * tf.square(x)))
 
     def grad(dy):
-        with tf.name_scope("gelu_grad"):  # the tape runs this outside the forward's scopes
+        with scope:
             return dy * derivative
 
     return x * cdf, grad
@@ -66,10 +75,11 @@ def _normalize(x, epsilon: float):
         mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
         inv_std = tf.math.rsqrt(variance + epsilon)
         normalized = (x - mean) * inv_std
+        scope = backward_scope("layer_norm")
 
         def grad(dy):
             # d/dx of standardisation: remove dy's mean and its projection on the output.
-            with tf.name_scope("layer_norm_grad"):
+            with scope:
                 return inv_std * (dy - tf.reduce_mean(dy, -1, keepdims=True)
                                   - normalized * tf.reduce_mean(dy * normalized, -1, keepdims=True))
 
@@ -146,7 +156,11 @@ def attend(query, key, value, mask_bias, dropout_rate: float = 0.0, seed=None,
     softmax per layer, for about a third less attention memory). The recomputation waits for the
     incoming gradient: without that edge TensorFlow's executor would run it as soon as its
     inputs exist, during the forward pass, and keep every layer's result alive until the
-    backward pass reaches it.
+    backward pass reaches it. Under XLA (TPU), which orders ops itself, the recomputation
+    may be merged back into the forward pass: the same result, without the saving.
+
+    `mask_bias` gets no gradient: it stands for the padding (and a prefix's zeros), which no
+    weight produces.
 
     Example:
     >>> import numpy as np
@@ -168,11 +182,14 @@ def attend(query, key, value, mask_bias, dropout_rate: float = 0.0, seed=None,
     with tf.name_scope("attend"):
         query, key, value = (tf.convert_to_tensor(t) for t in (query, key, value))
         mask_bias = tf.cast(mask_bias, value.dtype)
+        if dropout_rate >= 1.0:  # as Keras' dropout: nothing kept
+            return tf.zeros(tf.concat([tf.shape(query)[:-1], tf.shape(value)[-1:]], 0), value.dtype)
         keep = None
         if dropout_rate:
-            shape = tf.concat([tf.shape(query)[:-1], tf.shape(key)[-2:-1]], 0)
-            noise = keras.random.uniform(shape, dtype=value.dtype, seed=seed)
-            keep = noise >= tf.cast(dropout_rate, value.dtype)
+            with tf.name_scope("dropout"):  # the profile's category (bench/profile_step.py)
+                shape = tf.concat([tf.shape(query)[:-1], tf.shape(key)[-2:-1]], 0)
+                noise = keras.random.uniform(shape, dtype=value.dtype, seed=seed)
+                keep = noise >= tf.cast(dropout_rate, value.dtype)
         return _attend(query, key, value, mask_bias, keep, dropout_rate, scale, recompute)
 
 
@@ -186,15 +203,19 @@ def _attend(query, key, value, mask_bias, keep, dropout_rate: float, scale: floa
         return tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1)
 
     def dropped(values):  # the dropout of Keras' Dropout: kept values scaled, the rest zero
-        return values if keep is None else tf.where(keep, values * keep_scale, tf.zeros([], dtype))
+        if keep is None:
+            return values
+        with tf.name_scope("dropout"):
+            return tf.where(keep, values * keep_scale, tf.zeros([], dtype))
 
     @tf.custom_gradient
     def core(query, key, value):
         probs = probabilities(query, key)
         context = tf.matmul(dropped(tf.cast(probs, dtype)), value)
+        scope = backward_scope("attend")
 
         def grad(dcontext):
-            with tf.name_scope("attend_grad"), tf.control_dependencies([dcontext]):
+            with scope, tf.control_dependencies([dcontext]):
                 kept = probabilities(query, key) if recompute else probs
                 dvalue = tf.matmul(dropped(tf.cast(kept, dtype)), dcontext, transpose_a=True)
                 dprobs = tf.cast(dropped(tf.matmul(dcontext, value, transpose_b=True)), tf.float32)
