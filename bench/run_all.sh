@@ -18,6 +18,8 @@ python bench/matmul_peak.py --out "$OUT"
 # efficiency of a step against the matmul rate, and bf16 beside float32.
 python bench/memory.py --methods full,houlsby,houlsby@recompute,full@recompute --steps 4 --out "$OUT/memory_recompute"
 python bench/efficiency.py --methods houlsby,full,houlsby@bf16,full@bf16 --out "$OUT"
+python bench/elementwise.py --out "$OUT"
+python bench/profile_step.py --methods houlsby,houlsby_drop3 --out "$OUT/profile_drop"
 python bench/train_throughput.py --methods full,full@bf16,houlsby,houlsby@bf16 --paddings dynamic,bucketed \
     --steps 5 --rounds 3 --out "$OUT/bf16"
 python bench/inference.py --bf16 --rounds 3 --out "$OUT/bf16"

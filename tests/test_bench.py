@@ -27,6 +27,7 @@ import report  # noqa: E402
     ("efficiency", ["--paddings", "ragged"], "unknown or not per-token method, or unknown padding: ragged"),
     ("accuracy", ["--tasks", "cola"], "unknown task or method: cola"),
     ("matmul_peak", ["--tokens", "0"], "--tokens and --repeats must be positive"),
+    ("elementwise", ["--repeats", "0"], "--tokens and --repeats must be positive"),
     ("accuracy", ["--learning_rate", "0"], "--learning_rate must be positive, got 0.0"),
     ("accuracy", ["--bottleneck_size", "0"], "--bottleneck_size must be positive, got 0"),
     ("accuracy", ["--methods", "houlsby,lora", "--bottleneck_size", "64"],
@@ -506,3 +507,25 @@ def test_profile_attributes_backward_ops_to_their_layer(name, layer):
     import profile_step
 
     assert profile_step.backward_layer(name) == layer
+
+
+def test_elementwise_alternatives_compute_the_same_functions():
+    """The fused alternatives the elementwise benchmark times are the same GELU and LayerNorm."""
+    import elementwise
+    import numpy as np
+    import tensorflow as tf
+
+    from adapter_bert.bert import fast_ops
+
+    x = tf.constant(np.random.default_rng(0).normal(0, 2, (37, 96)).astype("float32"))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        padded, plain = elementwise.padded_xla_gelu()(x), fast_ops.gelu(x)
+    np.testing.assert_allclose(padded, plain, atol=1e-6)
+    np.testing.assert_allclose(tape.gradient(padded, x), tape.gradient(plain, x), atol=1e-5)
+    gamma, beta = tf.ones(96) * 1.5, tf.ones(96) * 0.25
+    np.testing.assert_allclose(elementwise.fused_batch_norm_layer_norm(x, gamma, beta),
+                               fast_ops.layer_norm(x, gamma, beta, 1e-12), atol=1e-4)
+    sizes = {int(elementwise.padded_size(tokens * 1536)) for tokens in range(600, 3300)}
+    assert len(sizes) <= 24  # bounded compiled shapes over bucketed MRPC token counts
+    assert all(n <= int(elementwise.padded_size(n)) <= 1.125 * n for n in (40_001, 2_521_000))
