@@ -28,12 +28,14 @@ def tensorflow_backend() -> bool:
     return keras.backend.backend() == "tensorflow"
 
 
-def backward_scope(name: str):
-    """A name scope for a hand-written gradient, beside its forward ops (`layer_3/.../gelu` ->
+def backward_scope(name: str) -> str:
+    """The name scope for a hand-written gradient, beside its forward ops (`layer_3/.../gelu` ->
     `layer_3/.../gelu_grad`): the tape runs gradients outside the forward's scopes, and a
-    profile attributes the backward pass to layers by these names (`bench/profile_step.py`)."""
+    profile attributes the backward pass to layers by these names (`bench/profile_step.py`).
+    Call it in the forward pass; enter `tf.name_scope` of it in the gradient.
+    """
     forward = tf.get_current_name_scope()
-    return tf.name_scope(f"{forward}_grad/" if forward else f"{name}_grad")
+    return f"{forward}_grad/" if forward else f"{name}_grad"
 
 
 @tf.custom_gradient
@@ -45,7 +47,7 @@ def _gelu(x):
     derivative = cdf + x * (_INV_SQRT_2PI * tf.exp(-0.5 * tf.square(x)))
 
     def grad(dy):
-        with scope:
+        with tf.name_scope(scope):
             return dy * derivative
 
     return x * cdf, grad
@@ -79,7 +81,7 @@ def _normalize(x, epsilon: float):
 
         def grad(dy):
             # d/dx of standardisation: remove dy's mean and its projection on the output.
-            with scope:
+            with tf.name_scope(scope):
                 return inv_std * (dy - tf.reduce_mean(dy, -1, keepdims=True)
                                   - normalized * tf.reduce_mean(dy * normalized, -1, keepdims=True))
 
@@ -215,7 +217,7 @@ def _attend(query, key, value, mask_bias, keep, dropout_rate: float, scale: floa
         scope = backward_scope("attend")
 
         def grad(dcontext):
-            with scope, tf.control_dependencies([dcontext]):
+            with tf.name_scope(scope), tf.control_dependencies([dcontext]):
                 kept = probabilities(query, key) if recompute else probs
                 dvalue = tf.matmul(dropped(tf.cast(kept, dtype)), dcontext, transpose_a=True)
                 dprobs = tf.cast(dropped(tf.matmul(dcontext, value, transpose_b=True)), tf.float32)
