@@ -89,7 +89,7 @@ def define_training_flags() -> None:
     flags.DEFINE_integer("task_index", None, "This worker's index in --worker_hosts.")
     flags.DEFINE_enum("mixed_precision", None, ["bf16", "fp16"], "Keras mixed-precision policy.")
     flags.DEFINE_bool("recompute_attention", False, "Recompute the attention probabilities in the "
-                      "backward pass instead of keeping them: less memory, a slower step.")
+                      "backward pass instead of keeping them: less memory, one more matmul and softmax per layer.")
     flags.DEFINE_enum("padding", "dynamic", ["dynamic", "max_length"],
                       "Pad each batch to its longest row, or every batch to max_seq_length.")
     flags.DEFINE_list("bucket_boundaries", [], "Length buckets, e.g. 32,64,128 (dynamic padding).")
