@@ -843,19 +843,40 @@ def make_train_step(model, optimizer, trainable, loss, replicas: int = 1, penalt
     return train_step
 
 
+#: `--mixed_precision` value -> Keras' global dtype policy.
+PRECISION_POLICIES = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+
+@contextlib.contextmanager
+def precision_policy(mixed_precision: str | None):
+    """Keras' global policy for `--mixed_precision` (None: left as it is) inside the block, the
+    previous one after it. Layers take their compute dtype when they are built, so build the
+    model inside.
+
+    Example:
+    >>> import keras
+    >>> with precision_policy("bf16"):
+    ...     keras.mixed_precision.global_policy().name
+    'mixed_bfloat16'
+    >>> keras.mixed_precision.global_policy().name
+    'float32'
+    """
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy(PRECISION_POLICIES[mixed_precision])
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 def run(args: TrainingArgs) -> dict:
     """Trains, evaluates and saves as described in the module docstring; returns results.json."""
     validate_args(args)
-    import keras
-
-    previous_policy = keras.mixed_precision.global_policy()
-    if args.mixed_precision:
-        keras.mixed_precision.set_global_policy(
-            {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[args.mixed_precision])
-    try:
+    with precision_policy(args.mixed_precision):
         return export_only(args) if args.export_only else train(args)[0]
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
 
 
 def train(args: TrainingArgs):

@@ -114,7 +114,6 @@ def training_args(method: str, task: str = "mrpc", **overrides):
 #: mixed_bfloat16 policy (`--mixed_precision bf16`), `@recompute` with the attention
 #: probabilities recomputed in the backward pass (`--recompute_attention`).
 VARIANTS = {"bf16": {"mixed_precision": "bf16"}, "recompute": {"recompute_attention": True}}
-POLICIES = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
 def split_variant(method: str) -> tuple[str, str | None]:
@@ -138,21 +137,14 @@ def build_benchmark_model(method: str, task: str = "mrpc"):
     """`(args, objective, model)` of `method` (a variant allowed), built as the training command
     builds it. A layer's compute dtype is fixed when it is built, so a bf16 model is built under
     its policy, and the policy is put back after."""
-    import keras
-
     from adapter_bert.objectives import objective_for
-    from adapter_bert.training import build_model
+    from adapter_bert.training import build_model, precision_policy
 
     name, variant = split_variant(method)
     args = training_args(name, task, **VARIANTS.get(variant, {}))
     objective = objective_for(args)
-    previous = keras.mixed_precision.global_policy()
-    if args.mixed_precision:
-        keras.mixed_precision.set_global_policy(POLICIES[args.mixed_precision])
-    try:
+    with precision_policy(args.mixed_precision):
         model = build_model(args, objective)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
     return args, objective, model
 
 

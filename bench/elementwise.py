@@ -14,7 +14,8 @@ over `--repeats` calls (milliseconds), so the machine's drift lands on every row
   and TensorFlow's fused batch norm on the tokens as channels (oneDNN's kernel; the trick
   Keras 2 used for LayerNorm).
 - Attention at batch 32, 12 heads of 32, 128 and 64 keys, dropout 0.1: `fast_ops.attend` against
-  the plain path it replaced (Keras ops, Keras' dropout, autodiff), in float32 and bf16.
+  `fast_ops.plain_attention`, the path it replaced in training (Keras ops, Keras' dropout,
+  autodiff), in float32 and bf16.
 
 Writes `<out>/elementwise.json`.
 """
@@ -76,17 +77,6 @@ def fused_batch_norm_layer_norm(x, gamma, beta, epsilon=1e-12):
     normalized, _, _ = tf.compat.v1.nn.fused_batch_norm(channels, ones, tf.zeros_like(ones),
                                                         epsilon=epsilon, data_format="NCHW")
     return tf.reshape(normalized, tf.shape(x)) * gamma + beta
-
-
-def plain_attention(query, key, value, mask_bias, rate, seed):
-    """The encoder's attention before `fast_ops.attend`: Keras ops, Keras' dropout, autodiff."""
-    import keras
-    from keras import ops
-
-    scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
-    scores = scores * ops.cast(1.0 / query.shape[-1] ** 0.5, scores.dtype) + ops.cast(mask_bias, scores.dtype)
-    probs = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), value.dtype)
-    return ops.matmul(keras.random.dropout(probs, rate, seed=seed), value)
 
 
 def gradient_step(forward, inputs, jit: bool = False):
@@ -160,7 +150,8 @@ def main(argv=None) -> int:
                 "fast_ops.attend": gradient_step(
                     lambda a, b, c: fast_ops.attend(a, b, c, bias, 0.1, seed=seeds[0]), [q, k, v]),
                 "plain_autodiff": gradient_step(
-                    lambda a, b, c: plain_attention(a, b, c, bias, 0.1, seeds[1]), [q, k, v])},
+                    lambda a, b, c: fast_ops.plain_attention(a, b, c, bias, 0.1, seeds[1]),
+                    [q, k, v])},
                 [q, k, v], args.repeats)
     for group, figures in groups.items():
         print(f"{group}: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in figures.items()),

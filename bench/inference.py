@@ -100,14 +100,10 @@ def predict_function(model, batches):
 def build_bf16(task: str):
     """`build`'s model, with the same weights, computing under Keras' mixed_bfloat16 policy
     (`--mixed_precision bf16`); the policy is put back after."""
-    import keras
+    from adapter_bert.training import precision_policy
 
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(common.POLICIES["bf16"])
-    try:
+    with precision_policy("bf16"):
         return build(task)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def variant_functions(task: str, batches, bf16: bool = False) -> dict:

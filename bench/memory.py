@@ -3,8 +3,9 @@
     python bench/memory.py [--task mrpc] [--steps 4] [--paddings fixed,bucketed]
                            [--out /tmp/adapter_bert_bench]
 
-Each method (a `common.VARIANTS` suffix allowed: `houlsby@recompute`) trains in a child process of its own (peak RSS is per process), through the training
-command's pieces, for `--steps` steps of batch 32 on real GLUE training data, once per padding:
+Each method (a `common.VARIANTS` suffix allowed: `houlsby@recompute`) trains in a child process
+of its own (peak RSS is per process), through the training command's pieces, for `--steps` steps
+of batch 32 on real GLUE training data, once per padding:
 
 - `fixed`: every batch padded to 128 tokens, the largest activations a run can meet;
 - `bucketed`: the training command as the accuracy runs use it (length buckets, each batch padded
@@ -14,8 +15,8 @@ command's pieces, for `--steps` steps of batch 32 on real GLUE training data, on
 
 The child reports its peak RSS after loading the model and after training, its activation
 memory (the peak of the steps, VmHWM reset just before the first, minus the RSS then:
-activations, the traced step and its kernels), and the bytes of the optimizer's variables (AdamW's two moments per trainable weight, plus its step counter). Writes
-`<out>/memory.json`.
+activations, the traced step and its kernels), and the bytes of the optimizer's variables
+(AdamW's two moments per trainable weight, plus its step counter). Writes `<out>/memory.json`.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ import keras
 from keras import ops
 
 from adapter_bert.bert.config import BertConfig
-from adapter_bert.bert.fast_ops import LayerNorm, attend, gelu, tensorflow_backend
+from adapter_bert.bert.fast_ops import (LayerNorm, attend, gelu, plain_attention,
+                                        tensorflow_backend)
 from adapter_bert.bert.hooks import EncoderHooks, ForwardContext, HookPoint
 
 # Additive mask value for padded keys. -10000 is what Google's BERT uses; it is representable in
@@ -335,12 +336,7 @@ class BertSelfAttention(_HookOwner, keras.layers.Layer):
                              seed=getattr(self.attention_dropout, "seed_generator", None),
                              recompute=self.recompute_probabilities)
         else:
-            scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
-            scores = scores * ops.cast(1.0 / (self.head_size ** 0.5), scores.dtype)
-            scores = scores + ops.cast(mask_bias, scores.dtype)
-            # Softmax in float32 keeps bf16/fp16 training stable; a no-op cast in float32.
-            probs = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), value.dtype)
-            context = ops.matmul(probs, value)
+            context = plain_attention(query, key, value, mask_bias)
         context = ops.transpose(context, (0, 2, 1, 3))
         context = ops.reshape(context, (batch, -1, self.hidden_size))
         if tokens is not None:

@@ -138,6 +138,31 @@ class LayerNorm(keras.layers.LayerNormalization):
         return tf.cast(layer_norm(inputs, self.gamma, self.beta, self.epsilon), self.compute_dtype)
 
 
+def plain_attention(query, key, value, mask_bias, dropout_rate: float = 0.0, seed=None):
+    """`dropout(softmax(query @ key^T / sqrt(head_size) + mask_bias)) @ value` in Keras ops,
+    differentiated by autodiff: the encoder's inference path, `attend` on other Keras backends.
+
+    The softmax runs in float32 (stable bf16/fp16 training; a no-op cast in float32) and its
+    output is cast to `value`'s dtype; dropout is Keras' with `seed` (a `SeedGenerator`).
+
+    Example:
+    >>> import numpy as np
+    >>> q = k = np.zeros((1, 1, 2, 4), "float32")
+    >>> v = np.array([[[[1.0], [3.0]]]], "float32")
+    >>> plain_attention(q, k, v, np.zeros((1, 1, 1, 2), "float32")).numpy().ravel().tolist()
+    [2.0, 2.0]
+    """
+    ops = keras.ops
+    scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
+    scores = scores * ops.cast(1.0 / float(query.shape[-1]) ** 0.5, scores.dtype)
+    scores = scores + ops.cast(mask_bias, scores.dtype)
+    probs = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1),
+                     keras.backend.standardize_dtype(value.dtype))
+    if dropout_rate:
+        probs = keras.random.dropout(probs, dropout_rate, seed=seed)
+    return ops.matmul(probs, value)
+
+
 def attend(query, key, value, mask_bias, dropout_rate: float = 0.0, seed=None,
            recompute: bool = False):
     """Scaled dot-product attention with dropout, keeping only what its backward pass needs.
@@ -145,7 +170,7 @@ def attend(query, key, value, mask_bias, dropout_rate: float = 0.0, seed=None,
     `query`, `key`, `value` are `[batch, heads, seq, head_size]` (keys and values may be longer
     than the queries), `mask_bias` is additive and broadcasts to `[batch, heads, queries, keys]`.
     Computes `dropout(softmax(query @ key^T / sqrt(head_size) + mask_bias)) @ value` with the
-    softmax in float32 and its output cast to `value`'s dtype, as the encoder's plain path does.
+    softmax in float32 and its output cast to `value`'s dtype, as `plain_attention` does.
     Dropout draws its keep-mask from `seed` (a Keras `SeedGenerator`) exactly as
     `keras.layers.Dropout` with that generator would, so both paths give the same outputs and
     gradients to float rounding (`tests/test_fast_ops.py`).
@@ -171,16 +196,9 @@ def attend(query, key, value, mask_bias, dropout_rate: float = 0.0, seed=None,
     >>> attend(q, k, v, np.zeros((1, 1, 1, 2), "float32")).numpy().ravel().tolist()
     [2.0, 2.0]
     """
-    scale = 1.0 / float(query.shape[-1]) ** 0.5
     if not tensorflow_backend():
-        ops = keras.ops
-        scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
-        scores = scores * ops.cast(scale, scores.dtype) + ops.cast(mask_bias, scores.dtype)
-        probs = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1),
-                         keras.backend.standardize_dtype(value.dtype))
-        if dropout_rate:
-            probs = keras.random.dropout(probs, dropout_rate, seed=seed)
-        return ops.matmul(probs, value)
+        return plain_attention(query, key, value, mask_bias, dropout_rate, seed)
+    scale = 1.0 / float(query.shape[-1]) ** 0.5
     with tf.name_scope("attend"):
         query, key, value = (tf.convert_to_tensor(t) for t in (query, key, value))
         mask_bias = tf.cast(mask_bias, value.dtype)
