@@ -10,11 +10,16 @@
         --out /tmp/adapter_bert_bench/checks/newer_methods
     python bench/peers.py --mode accuracy --systems adapters:compacter,... --project_subset 1000 \
         --epochs 2 --padding dynamic --out /tmp/adapter_bert_bench/newer/peers
+    python bench/accuracy.py --tasks mrpc --methods $M --seeds 0,1,2 --epochs 3 \
+        --out /tmp/adapter_bert_bench/newer_full
+    python bench/peers.py --mode accuracy --systems adapters:compacter,... --seeds 0,1,2 \
+        --epochs 3 --padding dynamic --out /tmp/adapter_bert_bench/newer_full/peers
     python bench/newer_methods_report.py [--results /tmp/adapter_bert_bench]
 
-Both sides train the same MRPC pairs (adapter_bert's `--max_train_examples` subset) with the
-same batch, epochs, warmup and learning rate (`bench/common.py`), and the throughput of both is
-timed on the same saved batches. Prints the machine and versions, then the table.
+Both sides train the same MRPC pairs (adapter_bert's `--max_train_examples` subset, or all of
+MRPC for the full-budget grid) with the same batch, epochs, warmup and learning rate
+(`bench/common.py`), and the throughput of both is timed on the same saved batches. Prints the
+machine and versions, the speed and subset table, then the full-budget accuracy table.
 """
 
 from __future__ import annotations
@@ -54,10 +59,48 @@ def library_records(peers: list[dict], mode: str) -> dict:
     return found
 
 
-def our_accuracy(results: Path, method: str) -> list[dict]:
-    runs = sorted((results / "checks" / "newer_methods" / "accuracy_runs" / "mrpc" / method)
+def our_accuracy(results: Path, method: str, folder: str = "checks/newer_methods") -> list[dict]:
+    """adapter_bert's finished MRPC runs of `method` under `<results>/<folder>`, one per seed."""
+    runs = sorted((results / folder / "accuracy_runs" / "mrpc" / method)
                   .glob("seed*/mrpc/results.json"))
     return [json.loads(f.read_text()) for f in runs]
+
+
+def library_accuracy(results: Path, folders: tuple[str, ...]) -> dict:
+    """{identifier: [records]} of the library's accuracy runs, read one file each so that runs of
+    several peers.py calls (seeds added later) all count."""
+    runs = [json.loads(f.read_text()) for d in folders
+            for f in sorted((results / d).glob("accuracy_mrpc_adapters*_seed*.json"))]
+    return library_records([{"results": {"accuracy_mrpc": {"records": runs}}}], "accuracy")
+
+
+def _f1(runs: list[dict], library: bool) -> str:
+    return _mean_std([r["final"]["f1"] if library else r["final"]["dev"]["f1"] for r in runs])
+
+
+def _accuracy(runs: list[dict], library: bool) -> str:
+    return _mean_std([r["final"]["accuracy"] if library else r["final"]["dev"]["accuracy"]
+                      for r in runs])
+
+
+def render_full_budget(results: Path) -> str:
+    """The 3-epoch grid on all of MRPC: final dev F1 and accuracy per method, ours and the
+    library's, with each seed's F1 so the spread is visible."""
+    accuracy = library_accuracy(results, ("newer_full/peers/runs",))
+    lines = ["| method | MRPC dev F1, final (ours / library) | dev accuracy (ours / library) "
+             "| F1 per seed, ours | F1 per seed, library | seeds (ours / library) |",
+             "|---|---|---|---|---|---|"]
+    for method in common.NEWER_METHODS:
+        ours = our_accuracy(results, method, "newer_full")
+        lib = sorted(accuracy.get(method, []), key=lambda r: r["seed"])
+        if not ours and not lib:
+            continue
+        per_seed = (" ".join(f"{100 * r['final']['dev']['f1']:.1f}" for r in ours) or "-",
+                    " ".join(f"{100 * r['final']['f1']:.1f}" for r in lib) or "-")
+        lines.append(f"| {method} | {_f1(ours, False)} / {_f1(lib, True)} | "
+                     f"{_accuracy(ours, False)} / {_accuracy(lib, True)} | {per_seed[0]} | "
+                     f"{per_seed[1]} | {len(ours)} / {len(lib)} |")
+    return "\n".join(lines)
 
 
 def render(results: Path) -> str:
@@ -66,11 +109,7 @@ def render(results: Path) -> str:
     peers = [p for p in (_read(results / "newer" / "peers" / "peers.json"),
                          _read(results / "peers" / "peers.json")) if p]
     speed = library_records(peers, "throughput")
-    # Accuracy runs are read one file each, so runs of several peers.py calls (seeds added
-    # later) all count.
-    runs = [json.loads(f.read_text()) for d in ("newer/peers/runs", "peers/runs")
-            for f in sorted((results / d).glob("accuracy_mrpc_adapters*_seed*.json"))]
-    accuracy = library_records([{"results": {"accuracy_mrpc": {"records": runs}}}], "accuracy")
+    accuracy = library_accuracy(results, ("newer/peers/runs", "peers/runs"))
     lines = []
     if ours_speed:
         m = ours_speed["machine"]
@@ -109,10 +148,8 @@ def _row(method, trainable_ours, trainable_lib, ours_rate, lib_rate, ours_runs, 
         return f"{r:.1f}" if r else "-"
 
     ratio = f"{ours_rate / lib_rate:.2f}x" if ours_rate and lib_rate else "-"
-    f1 = (f"{_mean_std([r['final']['dev']['f1'] for r in ours_runs])} / "
-          f"{_mean_std([r['final']['f1'] for r in lib_runs])}")
-    accuracy = (f"{_mean_std([r['final']['dev']['accuracy'] for r in ours_runs])} / "
-                f"{_mean_std([r['final']['accuracy'] for r in lib_runs])}")
+    f1 = f"{_f1(ours_runs, False)} / {_f1(lib_runs, True)}"
+    accuracy = f"{_accuracy(ours_runs, False)} / {_accuracy(lib_runs, True)}"
     seeds = f"{len(ours_runs)} / {len(lib_runs)}"
     return (f"| {method} | {count(trainable_ours)} / {count(trainable_lib)} | "
             f"{rate(ours_rate)} / {rate(lib_rate)} | {ratio} | {f1} | {accuracy} | {seeds} |")
@@ -123,6 +160,8 @@ def main(argv=None) -> int:
     parser.add_argument("--results", type=Path, default=common.DEFAULT_OUT)
     args = parser.parse_args(argv)
     print(render(args.results))
+    print("\nFull budget: all of MRPC, 3 epochs, batch 32.\n")
+    print(render_full_budget(args.results))
     return 0
 
 

@@ -102,6 +102,26 @@ def test_newer_methods_run_by_identifier_and_report_beside_the_library(tmp_path)
     assert "CPU X" in table and "adapters 1.3.0" in table
 
 
+def test_full_budget_table_puts_each_seed_of_both_sides_in_one_row(tmp_path):
+    import newer_methods_report
+
+    results = tmp_path / "results"
+    runs = results / "newer_full" / "peers" / "runs"
+    runs.mkdir(parents=True)
+    # Written out of seed order: the row lists the library's seeds in order.
+    for seed, f1 in ((2, 0.84), (0, 0.80), (1, 0.82)):
+        (runs / f"accuracy_mrpc_adapters:dora_seed{seed}.json").write_text(json.dumps(
+            {"system": "adapters:dora", "seed": seed, "final": {"f1": f1, "accuracy": 0.75}}))
+    for seed, f1 in ((0, 0.851), (1, 0.853)):
+        run = results / "newer_full" / "accuracy_runs" / "mrpc" / "dora" / f"seed{seed}" / "mrpc"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps({"final": {"dev": {"f1": f1, "accuracy": 0.8}}}))
+    table = newer_methods_report.render_full_budget(results)
+    assert table.splitlines()[2:] == [
+        "| dora | 85.2 ± 0.1 / 82.0 ± 2.0 | 80.0 ± 0.0 / 75.0 ± 0.0 | 85.1 85.3 | 80.0 82.0 84.0 "
+        "| 2 / 3 |"]  # methods with no run on either side are left out
+
+
 def test_summary_is_mean_and_sample_std():
     s = accuracy.summarise([0.80, 0.84, 0.88])
     assert s["mean"] == pytest.approx(0.84) and s["std"] == pytest.approx(0.04)
