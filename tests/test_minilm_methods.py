@@ -15,7 +15,8 @@ from safetensors.numpy import load_file
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "run_tf_adapter_bert.py"
 COMMON = ["--casing", "all-minilm-l6-v2", "--batch_size", "8", "--max_seq_length", "64",
-          "--epochs", "1", "--predict_test=false", "--export=false", "--log_every", "50"]
+          "--epochs", "1", "--predict_test=false", "--export=false", "--log_every", "50",
+          "--eval_batch_size", "64"]
 
 
 def _cli(*flags):

@@ -45,7 +45,8 @@ def test_mrpc_adapter_trains_inside_a_stack_with_a_loaded_sst2_adapter(glue_dir,
 
     script = Path(__file__).resolve().parents[1] / "run_tf_adapter_bert.py"
     common = ["--casing", "all-minilm-l6-v2", "--method", "pfeiffer", "--batch_size", "16",
-              "--saved_models_dir", str(tmp_path), "--predict_test=false", "--log_every", "50"]
+              "--eval_batch_size", "64", "--saved_models_dir", str(tmp_path),
+              "--predict_test=false", "--log_every", "50"]
 
     def cli(*flags):
         result = subprocess.run([sys.executable, str(script), *common, *flags], capture_output=True,

@@ -14,7 +14,7 @@ import pytest
 
 from adapter_bert.io_utils import DirectoryBusyError, DirectoryLock, atomic_directory
 from adapter_bert.training import TrainingArgs, run
-from test_training import SCRIPT, REPO, _cli, write_glue_task
+from test_training import SCRIPT, REPO, _cli, _cli_in_process, write_glue_task
 
 
 
@@ -30,32 +30,42 @@ def _base(tmp_path, checkpoint):
             "--predict_test=false", "--export=false"]
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_checkpoint):
+    """A finished run of the command, beside a checkpoint without TensorFlow-readable weights and
+    GLUE files without training rows: the bad inputs the overwrite cases name."""
+    root = tmp_path_factory.mktemp("finished")
+    write_glue_task(root / "glue", "mrpc")
+    pytorch_only = root / "pytorch_only"
+    pytorch_only.mkdir()
+    for name in ("config.json", "vocab.txt", "tokenizer_config.json"):
+        (pytorch_only / name).write_bytes((tiny_checkpoint / name).read_bytes())
+    (pytorch_only / "pytorch_model.bin").write_bytes(b"not for us")
+    header_only = root / "header_only" / "MRPC"
+    header_only.mkdir(parents=True)
+    for split in ("train", "dev"):
+        lines = (root / "glue" / "MRPC" / f"{split}.tsv").read_text().splitlines()
+        (header_only / f"{split}.tsv").write_text(lines[0] + "\n" + ("\n".join(lines[1:]) + "\n" if split == "dev" else ""))
+    finished = _cli(*_base(root, tiny_checkpoint))
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    return root
+
+
 @pytest.mark.parametrize("bad", [
     ["--bucket_boundaries", "64,32"],
     ["--max_seq_length", "2"],
     ["--casing", "{tmp}/pytorch_only"],
     ["--data_dir", "{tmp}/header_only"],
 ])
-def test_overwrite_with_a_problem_found_late_keeps_the_previous_run(tmp_path, tiny_checkpoint, bad):
-    write_glue_task(tmp_path / "glue", "mrpc")
-    pytorch_only = tmp_path / "pytorch_only"
-    pytorch_only.mkdir()
-    for name in ("config.json", "vocab.txt", "tokenizer_config.json"):
-        (pytorch_only / name).write_bytes((tiny_checkpoint / name).read_bytes())
-    (pytorch_only / "pytorch_model.bin").write_bytes(b"not for us")
-    header_only = tmp_path / "header_only" / "MRPC"
-    header_only.mkdir(parents=True)
-    for split in ("train", "dev"):
-        lines = (tmp_path / "glue" / "MRPC" / f"{split}.tsv").read_text().splitlines()
-        (header_only / f"{split}.tsv").write_text(lines[0] + "\n" + ("\n".join(lines[1:]) + "\n" if split == "dev" else ""))
-    finished = _cli(*_base(tmp_path, tiny_checkpoint))
-    assert finished.returncode == 0, finished.stderr[-2000:]
-    before = _digests(tmp_path / "out")
-    result = _cli(*_base(tmp_path, tiny_checkpoint), "--overwrite",
-                  *[b.format(tmp=tmp_path) for b in bad])
+def test_overwrite_with_a_problem_found_late_keeps_the_previous_run(finished_run, tiny_checkpoint, bad):
+    # Every case refuses to overwrite the same finished run, so each also checks that the cases
+    # before it left it alone.
+    before = _digests(finished_run / "out")
+    result = _cli_in_process(*_base(finished_run, tiny_checkpoint), "--overwrite",
+                             *[b.format(tmp=finished_run) for b in bad])
     assert result.returncode == 2, result.stderr[-2000:]
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")], result.stderr
-    assert _digests(tmp_path / "out") == before
+    assert _digests(finished_run / "out") == before
 
 
 def test_overwrite_replaces_the_previous_run_once_the_new_one_checkpoints(tmp_path, tiny_checkpoint):
@@ -76,7 +86,7 @@ def test_overwrite_replaces_the_previous_run_once_the_new_one_checkpoints(tmp_pa
 
 def test_failed_validation_writes_nothing_so_the_fixed_rerun_is_not_refused(tmp_path, tiny_checkpoint):
     write_glue_task(tmp_path / "glue", "mrpc")
-    bad = _cli(*_base(tmp_path, tiny_checkpoint), "--bucket_boundaries", "64,32")
+    bad = _cli_in_process(*_base(tmp_path, tiny_checkpoint), "--bucket_boundaries", "64,32")
     assert bad.returncode == 2 and not (tmp_path / "out").exists(), bad.stderr[-2000:]
     good = _cli(*_base(tmp_path, tiny_checkpoint))
     assert good.returncode == 0, good.stderr[-2000:]
@@ -207,7 +217,7 @@ def test_flags_and_values_that_would_do_nothing_are_refused(tmp_path, tiny_check
     base = [f for f in _base(tmp_path, tiny_checkpoint) if True]
     i = base.index("--adapter_config")
     del base[i:i + 2]
-    result = _cli(*base, *flags)
+    result = _cli_in_process(*base, *flags)
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
@@ -231,7 +241,7 @@ def test_export_only_refuses_a_head_of_another_task(tmp_path, tiny_checkpoint):
     trained = _cli(*base, "--adapter_name", "mrpc")  # a 3-label head in saved_models/mrpc
     assert trained.returncode == 0, trained.stderr[-2000:]
     before = _digests(tmp_path / "out")
-    result = _cli(*_base(tmp_path, tiny_checkpoint), "--export_only")
+    result = _cli_in_process(*_base(tmp_path, tiny_checkpoint), "--export_only")
     assert result.returncode == 2
     assert "has 3 outputs; task mrpc has 2" in result.stderr.strip().splitlines()[-1]
     assert _digests(tmp_path / "out") == before

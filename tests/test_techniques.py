@@ -13,7 +13,7 @@ from adapter_bert import AdapterBertModel, techniques
 from adapter_bert.bert.checkpoint import base_variables_by_part, encoder_state
 from adapter_bert.testing import random_inputs, tiny_bert_config, write_tiny_hf_checkpoint
 from adapter_bert.training import TrainingArgs, run, train, validate_args
-from test_training import _cli, kill_and_resume, write_glue_task
+from test_training import _cli, _cli_in_process, kill_and_resume, write_glue_task
 
 
 def _full_model(num_layers=2, config="full"):
@@ -109,8 +109,8 @@ def test_layer_decay_through_the_command_on_minilm(tmp_path, glue_dir):
                       "--layer_lr_decay", str(decay), "--learning_rate", "5e-5",
                       "--batch_size", "8", "--max_steps", "3", "--max_seq_length", "64",
                       "--max_train_examples", "64", "--warmup_ratio", "0",
-                      "--saved_models_dir", str(tmp_path / str(decay)), "--export=false",
-                      "--predict_test=false")
+                      "--eval_batch_size", "64", "--saved_models_dir", str(tmp_path / str(decay)),
+                      "--export=false", "--predict_test=false")
         assert result.returncode == 0, result.stderr[-3000:]
         change = json.loads((tmp_path / str(decay) / "mrpc" / "results.json").read_text())[
             "weight_change"]
@@ -177,22 +177,29 @@ def test_adapter_runs_report_zero_weight_change(tmp_path, tiny_checkpoint, glue)
                                         "pooler": 0.0}
 
 
+@pytest.fixture(scope="module")
+def smaller_bert_fisher(tmp_path_factory):
+    """The run directory of a Fisher estimate saved through the command for a smaller BERT."""
+    root = tmp_path_factory.mktemp("smaller_bert")
+    write_glue_task(root / "glue", "mrpc", n=16)
+    write_tiny_hf_checkpoint(root / "ckpt", seed=1, hidden_size=16, intermediate_size=32)
+    _cli_fisher(root, root / "ckpt", root / "out")
+    return root / "out" / "mrpc"
+
+
 @pytest.mark.parametrize("make_file, message", [
     (lambda root, other: root / "nowhere", "no fisher.safetensors there"),
     (lambda root, other: other, "written for a model of another size"),
     (lambda root, other: _foreign_fisher(root), "has no Fisher estimate of"),
 ])
 def test_fisher_from_a_missing_or_mismatched_file_is_one_line(tmp_path, tiny_checkpoint, glue,
-                                                              make_file, message):
+                                                              smaller_bert_fisher, make_file, message):
     """Refused before anything is written."""
-    other = tmp_path / "other"
-    write_tiny_hf_checkpoint(other / "ckpt", seed=1, hidden_size=16, intermediate_size=32)
-    _cli_fisher(tmp_path, other / "ckpt", other / "out")  # a Fisher file of a smaller BERT
-    fisher = make_file(tmp_path, other / "out" / "mrpc")
-    result = _cli("--casing", str(tiny_checkpoint), "--data_dir", str(glue), "--method", "full",
-                  "--regularizer", "ewc", "--fisher_from", str(fisher), "--max_steps", "1",
-                  "--max_seq_length", "32",
-                  "--saved_models_dir", str(tmp_path / "out"), timeout=180)
+    fisher = make_file(tmp_path, smaller_bert_fisher)
+    result = _cli_in_process("--casing", str(tiny_checkpoint), "--data_dir", str(glue), "--method",
+                             "full", "--regularizer", "ewc", "--fisher_from", str(fisher),
+                             "--max_steps", "1", "--max_seq_length", "32",
+                             "--saved_models_dir", str(tmp_path / "out"))
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]

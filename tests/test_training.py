@@ -109,6 +109,39 @@ def _cli(*flags, env=None, timeout=600):
                           env=full_env, timeout=timeout, cwd=REPO)
 
 
+def _cli_in_process(*flags):
+    """The command's `main` in this process, for inputs it must refuse: the same flag parsing,
+    validation and `error:` line as `_cli`, without a TensorFlow start-up per case (the whole
+    stderr of a real process is checked by the reliability tests).
+
+    Returns a `CompletedProcess` like `_cli`'s (stdout is not captured)."""
+    import contextlib
+    import importlib.util
+    import io
+
+    from absl import flags as absl_flags
+
+    module = sys.modules.get("_run_tf_adapter_bert")
+    if module is None:  # importing the script defines its flags, which absl allows once
+        spec = importlib.util.spec_from_file_location("_run_tf_adapter_bert", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["_run_tf_adapter_bert"] = module
+    absl_flags.FLAGS.unparse_flags()
+    stderr = io.StringIO()
+    code = 0
+    # --verbose: the stderr filter would take over this test process's stderr.
+    with contextlib.redirect_stderr(stderr):
+        try:
+            module.parse_flags([str(SCRIPT), *flags, "--verbose"])
+            module.main([str(SCRIPT)])
+        except SystemExit as e:
+            code = e.code
+        finally:
+            absl_flags.FLAGS.unparse_flags()
+    return subprocess.CompletedProcess([str(SCRIPT), *flags], code, None, stderr.getvalue())
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--task", "nope"], "unknown task 'nope'"),
     (["--adapter_config", "seq_bn[invalid_key=2]"], "bad --adapter_config"),
@@ -127,7 +160,7 @@ def test_bad_input_exits_with_one_line_and_writes_nothing(tmp_path, tiny_checkpo
     write_glue_task(tmp_path / "glue", "mrpc")
     base = ["--casing", str(tiny_checkpoint), "--data_dir", str(tmp_path / "glue"),
             "--saved_models_dir", str(tmp_path / "out")]
-    result = _cli(*base, *flags, timeout=120)
+    result = _cli_in_process(*base, *flags)
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
