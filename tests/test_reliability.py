@@ -48,7 +48,7 @@ def finished_run(tmp_path_factory, tiny_checkpoint):
         (header_only / f"{split}.tsv").write_text(lines[0] + "\n" + ("\n".join(lines[1:]) + "\n" if split == "dev" else ""))
     finished = _cli(*_base(root, tiny_checkpoint))
     assert finished.returncode == 0, finished.stderr[-2000:]
-    return root
+    return root, _digests(root / "out")
 
 
 @pytest.mark.parametrize("bad", [
@@ -58,14 +58,14 @@ def finished_run(tmp_path_factory, tiny_checkpoint):
     ["--data_dir", "{tmp}/header_only"],
 ])
 def test_overwrite_with_a_problem_found_late_keeps_the_previous_run(finished_run, tiny_checkpoint, bad):
-    # Every case refuses to overwrite the same finished run, so each also checks that the cases
-    # before it left it alone.
-    before = _digests(finished_run / "out")
-    result = _cli_in_process(*_base(finished_run, tiny_checkpoint), "--overwrite",
-                             *[b.format(tmp=finished_run) for b in bad])
+    # Every case refuses to overwrite the same finished run and compares it with its files as
+    # first written, so each also checks that the cases before it left it alone.
+    root, written = finished_run
+    result = _cli_in_process(*_base(root, tiny_checkpoint), "--overwrite",
+                             *[b.format(tmp=root) for b in bad])
     assert result.returncode == 2, result.stderr[-2000:]
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")], result.stderr
-    assert _digests(finished_run / "out") == before
+    assert _digests(root / "out") == written
 
 
 def test_overwrite_replaces_the_previous_run_once_the_new_one_checkpoints(tmp_path, tiny_checkpoint):

@@ -133,8 +133,7 @@ def _cli_in_process(*flags):
     # --verbose: the stderr filter would take over this test process's stderr.
     with contextlib.redirect_stderr(stderr):
         try:
-            module.parse_flags([str(SCRIPT), *flags, "--verbose"])
-            module.main([str(SCRIPT)])
+            module.main(module.parse_flags([str(SCRIPT), *flags, "--verbose"]))
         except SystemExit as e:
             code = e.code
         finally:
