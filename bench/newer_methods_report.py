@@ -87,7 +87,18 @@ def render_full_budget(results: Path) -> str:
     """The 3-epoch grid on all of MRPC: final dev F1 and accuracy per method, ours and the
     library's, with each seed's F1 so the spread is visible."""
     accuracy = library_accuracy(results, ("newer_full/peers/runs",))
-    lines = ["| method | MRPC dev F1, final (ours / library) | dev accuracy (ours / library) "
+    lines = []
+    ours_bench = _read(results / "newer_full" / "accuracy.json")
+    if ours_bench:
+        m = ours_bench["machine"]
+        lines.append(f"_Machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}; "
+                     f"python {m['python']}, tensorflow {m['tensorflow']}, keras {m['keras']}._")
+    peers = _read(results / "newer_full" / "peers" / "peers.json")
+    if peers:
+        m = peers.get("machine", {})
+        lines.append(f"_Library side: {m.get('cpu')}, {m.get('cores')} cores; torch {m.get('torch')}, "
+                     f"transformers {m.get('transformers')}, adapters {m.get('adapters')}._")
+    lines += ["" if lines else None, "| method | MRPC dev F1, final (ours / library) | dev accuracy (ours / library) "
              "| F1 per seed, ours | F1 per seed, library | seeds (ours / library) |",
              "|---|---|---|---|---|---|"]
     for method in common.NEWER_METHODS:
@@ -100,7 +111,7 @@ def render_full_budget(results: Path) -> str:
         lines.append(f"| {method} | {_f1(ours, False)} / {_f1(lib, True)} | "
                      f"{_accuracy(ours, False)} / {_accuracy(lib, True)} | {per_seed[0]} | "
                      f"{per_seed[1]} | {len(ours)} / {len(lib)} |")
-    return "\n".join(lines)
+    return "\n".join(line for line in lines if line is not None)
 
 
 def render(results: Path) -> str:

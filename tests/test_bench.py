@@ -117,7 +117,13 @@ def test_full_budget_table_puts_each_seed_of_both_sides_in_one_row(tmp_path):
         run.mkdir(parents=True)
         (run / "results.json").write_text(json.dumps({"final": {"dev": {"f1": f1, "accuracy": 0.8}}}))
     table = newer_methods_report.render_full_budget(results)
-    assert table.splitlines()[2:] == [
+    assert not table.startswith("_")  # no machine line without the benchmark's own record
+    (results / "newer_full" / "accuracy.json").write_text(json.dumps({"machine": {
+        "cpu": "CPU X", "cores": 2, "cpu_flags": ["avx2"], "python": "3.11", "tensorflow": "2.21",
+        "keras": "3.15"}}))
+    table = newer_methods_report.render_full_budget(results)
+    assert table.splitlines()[0].startswith("_Machine: CPU X, 2 cores, flags avx2;")
+    assert table.splitlines()[4:] == [
         "| dora | 85.2 ± 0.1 / 82.0 ± 2.0 | 80.0 ± 0.0 / 75.0 ± 0.0 | 85.1 85.3 | 80.0 82.0 84.0 "
         "| 2 / 3 |"]  # methods with no run on either side are left out
 
