@@ -74,13 +74,20 @@ def library_accuracy(results: Path, folders: tuple[str, ...]) -> dict:
     return library_records([{"results": {"accuracy_mrpc": {"records": runs}}}], "accuracy")
 
 
-def _f1(runs: list[dict], library: bool) -> str:
-    return _mean_std([r["final"]["f1"] if library else r["final"]["dev"]["f1"] for r in runs])
+def _final(run: dict, metric: str) -> float:
+    """A run's final dev metric: adapter_bert's results.json nests it under "dev", the peers'
+    records do not."""
+    final = run["final"]
+    return final.get("dev", final)[metric]
 
 
-def _accuracy(runs: list[dict], library: bool) -> str:
-    return _mean_std([r["final"]["accuracy"] if library else r["final"]["dev"]["accuracy"]
-                      for r in runs])
+def _summary(runs: list[dict], metric: str) -> str:
+    return _mean_std([_final(r, metric) for r in runs])
+
+
+def _machine_line(m: dict) -> str:
+    return (f"_Machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}; "
+            f"python {m['python']}, tensorflow {m['tensorflow']}, keras {m['keras']}._")
 
 
 def render_full_budget(results: Path) -> str:
@@ -90,15 +97,15 @@ def render_full_budget(results: Path) -> str:
     lines = []
     ours_bench = _read(results / "newer_full" / "accuracy.json")
     if ours_bench:
-        m = ours_bench["machine"]
-        lines.append(f"_Machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}; "
-                     f"python {m['python']}, tensorflow {m['tensorflow']}, keras {m['keras']}._")
+        lines.append(_machine_line(ours_bench["machine"]))
     peers = _read(results / "newer_full" / "peers" / "peers.json")
     if peers:
         m = peers.get("machine", {})
         lines.append(f"_Library side: {m.get('cpu')}, {m.get('cores')} cores; torch {m.get('torch')}, "
                      f"transformers {m.get('transformers')}, adapters {m.get('adapters')}._")
-    lines += ["" if lines else None, "| method | MRPC dev F1, final (ours / library) | dev accuracy (ours / library) "
+    if lines:
+        lines.append("")
+    lines += ["| method | MRPC dev F1, final (ours / library) | dev accuracy (ours / library) "
              "| F1 per seed, ours | F1 per seed, library | seeds (ours / library) |",
              "|---|---|---|---|---|---|"]
     for method in common.NEWER_METHODS:
@@ -106,12 +113,12 @@ def render_full_budget(results: Path) -> str:
         lib = sorted(accuracy.get(method, []), key=lambda r: r["seed"])
         if not ours and not lib:
             continue
-        per_seed = (" ".join(f"{100 * r['final']['dev']['f1']:.1f}" for r in ours) or "-",
-                    " ".join(f"{100 * r['final']['f1']:.1f}" for r in lib) or "-")
-        lines.append(f"| {method} | {_f1(ours, False)} / {_f1(lib, True)} | "
-                     f"{_accuracy(ours, False)} / {_accuracy(lib, True)} | {per_seed[0]} | "
+        per_seed = [" ".join(f"{100 * _final(r, 'f1'):.1f}" for r in runs) or "-"
+                    for runs in (ours, lib)]
+        lines.append(f"| {method} | {_summary(ours, 'f1')} / {_summary(lib, 'f1')} | "
+                     f"{_summary(ours, 'accuracy')} / {_summary(lib, 'accuracy')} | {per_seed[0]} | "
                      f"{per_seed[1]} | {len(ours)} / {len(lib)} |")
-    return "\n".join(line for line in lines if line is not None)
+    return "\n".join(lines)
 
 
 def render(results: Path) -> str:
@@ -123,9 +130,7 @@ def render(results: Path) -> str:
     accuracy = library_accuracy(results, ("newer/peers/runs", "peers/runs"))
     lines = []
     if ours_speed:
-        m = ours_speed["machine"]
-        lines.append(f"_Machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['cpu_flags'])}; "
-                     f"python {m['python']}, tensorflow {m['tensorflow']}, keras {m['keras']}._")
+        lines.append(_machine_line(ours_speed["machine"]))
     if peers:
         m = peers[0].get("machine", {})
         lines.append(f"_Peers: torch {m.get('torch')}, transformers {m.get('transformers')}, "
@@ -159,8 +164,8 @@ def _row(method, trainable_ours, trainable_lib, ours_rate, lib_rate, ours_runs, 
         return f"{r:.1f}" if r else "-"
 
     ratio = f"{ours_rate / lib_rate:.2f}x" if ours_rate and lib_rate else "-"
-    f1 = f"{_f1(ours_runs, False)} / {_f1(lib_runs, True)}"
-    accuracy = f"{_accuracy(ours_runs, False)} / {_accuracy(lib_runs, True)}"
+    f1 = f"{_summary(ours_runs, 'f1')} / {_summary(lib_runs, 'f1')}"
+    accuracy = f"{_summary(ours_runs, 'accuracy')} / {_summary(lib_runs, 'accuracy')}"
     seeds = f"{len(ours_runs)} / {len(lib_runs)}"
     return (f"| {method} | {count(trainable_ours)} / {count(trainable_lib)} | "
             f"{rate(ours_rate)} / {rate(lib_rate)} | {ratio} | {f1} | {accuracy} | {seeds} |")
