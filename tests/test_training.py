@@ -109,6 +109,20 @@ def _cli(*flags, env=None, timeout=600):
                           env=full_env, timeout=timeout, cwd=REPO)
 
 
+def _script_module():
+    """run_tf_adapter_bert.py as a module, loaded once per process: loading it defines its
+    flags, which absl allows once."""
+    import importlib.util
+
+    module = sys.modules.get("_run_tf_adapter_bert")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("_run_tf_adapter_bert", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["_run_tf_adapter_bert"] = module
+    return module
+
+
 def _cli_in_process(*flags):
     """The command's `main` in this process, for inputs it must refuse: the same flag parsing,
     validation and `error:` line as `_cli`, without a TensorFlow start-up per case (the whole
@@ -116,17 +130,11 @@ def _cli_in_process(*flags):
 
     Returns a `CompletedProcess` like `_cli`'s (stdout is not captured)."""
     import contextlib
-    import importlib.util
     import io
 
     from absl import flags as absl_flags
 
-    module = sys.modules.get("_run_tf_adapter_bert")
-    if module is None:  # importing the script defines its flags, which absl allows once
-        spec = importlib.util.spec_from_file_location("_run_tf_adapter_bert", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["_run_tf_adapter_bert"] = module
+    module = _script_module()
     absl_flags.FLAGS.unparse_flags()
     stderr = io.StringIO()
     code = 0
@@ -272,15 +280,11 @@ FLAGFILES = sorted((REPO / "flags").rglob("*.flags"))
 
 def test_every_flagfile_parses_into_valid_arguments():
     """Each task and method flagfile names only real flags with valid values."""
-    import importlib.util
-
     from absl import flags
 
     from adapter_bert.training import validate_args
 
-    spec = importlib.util.spec_from_file_location("run_tf_adapter_bert", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _script_module()
     assert len(FLAGFILES) >= 9 + 8 + 1
     for path in FLAGFILES:
         flags.FLAGS.unparse_flags()
