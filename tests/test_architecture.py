@@ -117,3 +117,11 @@ def test_every_method_module_registers_itself_once():
         if path.name in ("__init__.py", "base.py", "registry.py"):
             continue
         assert path.read_text(encoding="utf-8").count("\nregister_method(") == 1, path.name
+
+
+def test_the_long_files_scheduled_first_exist():
+    """A renamed file would silently drop out of the schedule that keeps CI's tail short."""
+    from conftest import LONG_FILES
+
+    tests = Path(__file__).resolve().parent
+    assert [name for name in LONG_FILES if not (tests / name).is_file()] == []
