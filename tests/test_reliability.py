@@ -51,20 +51,23 @@ def finished_run(tmp_path_factory, tiny_checkpoint):
     return root, _digests(root / "out")
 
 
-@pytest.mark.parametrize("bad", [
-    ["--bucket_boundaries", "64,32"],
-    ["--max_seq_length", "2"],
-    ["--casing", "{tmp}/pytorch_only"],
-    ["--data_dir", "{tmp}/header_only"],
-])
-def test_overwrite_with_a_problem_found_late_keeps_the_previous_run(finished_run, tiny_checkpoint, bad):
+@pytest.mark.parametrize("bad, message", [
+    # Each is found only once the checkpoint or the data has been read, long after flag parsing.
+    (["--adapter_config", "seq_bn[reduction_factor=64]"], "leaves no bottleneck on a 32-wide model"),
+    (["--max_seq_length", "2"], "max_seq_length 2 leaves no room for text"),
+    (["--casing", "{tmp}/pytorch_only"], "holds only pytorch_model.bin"),
+    (["--data_dir", "{tmp}/header_only"], "no training examples in mrpc train"),
+], ids=["reduction_past_the_width", "no_room_for_tokens", "no_tensorflow_weights", "no_train_rows"])
+def test_overwrite_with_a_problem_found_late_keeps_the_previous_run(finished_run, tiny_checkpoint, bad,
+                                                                    message):
     # Every case refuses to overwrite the same finished run and compares it with its files as
     # first written, so each also checks that the cases before it left it alone.
     root, written = finished_run
     result = _cli_in_process(*_base(root, tiny_checkpoint), "--overwrite",
                              *[b.format(tmp=root) for b in bad])
     assert result.returncode == 2, result.stderr[-2000:]
-    assert [line for line in result.stderr.splitlines() if line.startswith("error:")], result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
     assert _digests(root / "out") == written
 
 
