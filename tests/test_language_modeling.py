@@ -10,7 +10,7 @@ from adapter_bert.glue.data import EncodedExamples
 from adapter_bert.language_modeling import (MaskedLMData, hold_out, mask_tokens, masked_lm_metrics,
                                             max_predictions, read_text_lines)
 from adapter_bert.training import TrainingArgs, run
-from test_training import _cli_in_process, train_on_two_logical_cpus
+from test_training import _cli_in_process, assert_refused_in_one_line, train_on_two_logical_cpus
 
 WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "is", "good", "bad", "movie", "not", "very",
          "and", "it", "was"]
@@ -220,9 +220,7 @@ def test_bad_mlm_flags_exit_with_one_line_and_write_nothing(tmp_path, tiny_check
     flags = [f.format(tmp=tmp_path) for f in flags]
     result = _cli_in_process("--casing", str(tiny_checkpoint), "--saved_models_dir",
                              str(tmp_path / "out"), *flags)
-    assert result.returncode == 2, result.stderr[-2000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert_refused_in_one_line(result, message)
     assert not (tmp_path / "out").exists()
 
 

@@ -149,6 +149,16 @@ def _cli_in_process(*flags):
     return subprocess.CompletedProcess([str(SCRIPT), *flags], code, None, stderr.getvalue())
 
 
+def assert_refused_in_one_line(result, message: str) -> str:
+    """The command exited 2 with exactly one `error:` line, and that line holds `message`.
+
+    Returns the line, for tests that check more of it."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    return errors[0]
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--task", "nope"], "unknown task 'nope'"),
     (["--adapter_config", "seq_bn[invalid_key=2]"], "bad --adapter_config"),
@@ -168,9 +178,7 @@ def test_bad_input_exits_with_one_line_and_writes_nothing(tmp_path, tiny_checkpo
     base = ["--casing", str(tiny_checkpoint), "--data_dir", str(tmp_path / "glue"),
             "--saved_models_dir", str(tmp_path / "out")]
     result = _cli_in_process(*base, *flags)
-    assert result.returncode == 2, result.stderr[-2000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert_refused_in_one_line(result, message)
     assert not (tmp_path / "out").exists()
 
 
