@@ -112,8 +112,10 @@ def training_args(method: str, task: str = "mrpc", **overrides):
 
 #: `METHOD@VARIANT` runs a method with one training option changed: `@bf16` under Keras'
 #: mixed_bfloat16 policy (`--mixed_precision bf16`), `@recompute` with the attention
-#: probabilities recomputed in the backward pass (`--recompute_attention`).
-VARIANTS = {"bf16": {"mixed_precision": "bf16"}, "recompute": {"recompute_attention": True}}
+#: probabilities recomputed in the backward pass (`--recompute_attention`), `@cls` with the head
+#: the peers train (`BertForSequenceClassification`: the checkpoint's frozen pooler over [CLS]).
+VARIANTS = {"bf16": {"mixed_precision": "bf16"}, "recompute": {"recompute_attention": True},
+            "cls": {"pooling": "cls"}}
 
 
 def split_variant(method: str) -> tuple[str, str | None]:

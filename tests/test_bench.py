@@ -555,3 +555,24 @@ def test_elementwise_alternatives_compute_the_same_functions():
     sizes = {int(elementwise.padded_size(tokens * 1536)) for tokens in range(600, 3300)}
     assert len(sizes) <= 24  # bounded compiled shapes over bucketed MRPC token counts
     assert all(n <= int(elementwise.padded_size(n)) <= 1.125 * n for n in (40_001, 2_521_000))
+
+
+def test_a_method_run_with_the_library_s_head_gets_its_own_row(tmp_path):
+    import newer_methods_report
+
+    command = accuracy.run_command("mrpc", "compacter++@cls", 0, 3, Path("/tmp/x"), None)
+    flags = dict(arg.lstrip("-").split("=", 1) for arg in command[2:] if "=" in arg)
+    assert flags["pooling"] == "cls" and flags["adapter_config"] == "compacter++"
+    results = tmp_path / "results"
+    runs = results / "newer_full" / "peers" / "runs"
+    runs.mkdir(parents=True)
+    (runs / "accuracy_mrpc_adapters:dora_seed0.json").write_text(json.dumps(
+        {"system": "adapters:dora", "seed": 0, "final": {"f1": 0.80, "accuracy": 0.75}}))
+    for method, f1 in (("dora", 0.85), ("dora@cls", 0.81)):
+        run = results / "newer_full" / "accuracy_runs" / "mrpc" / method / "seed0" / "mrpc"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps({"final": {"dev": {"f1": f1, "accuracy": 0.7}}}))
+    rows = newer_methods_report.render_full_budget(results).splitlines()[2:]
+    assert rows == [
+        "| dora | 85.0 / 80.0 | 70.0 / 75.0 | 85.0 | 80.0 | 1 / 1 |",
+        "| dora, ours with the library's head | 81.0 / 80.0 | 70.0 / 75.0 | 81.0 | 80.0 | 1 / 1 |"]
