@@ -10,7 +10,7 @@
         --out /tmp/adapter_bert_bench/checks/newer_methods
     python bench/peers.py --mode accuracy --systems adapters:compacter,... --project_subset 1000 \
         --epochs 2 --padding dynamic --out /tmp/adapter_bert_bench/newer/peers
-    python bench/accuracy.py --tasks mrpc --methods $M --seeds 0,1,2 --epochs 3 \
+    python bench/accuracy.py --tasks mrpc --methods $M,compacter++@cls --seeds 0,1,2 --epochs 3 \
         --out /tmp/adapter_bert_bench/newer_full
     python bench/peers.py --mode accuracy --systems adapters:compacter,... --seeds 0,1,2 \
         --epochs 3 --padding dynamic --out /tmp/adapter_bert_bench/newer_full/peers
@@ -108,24 +108,23 @@ def render_full_budget(results: Path) -> str:
     lines += ["| method | MRPC dev F1, final (ours / library) | dev accuracy (ours / library) "
              "| F1 per seed, ours | F1 per seed, library | seeds (ours / library) |",
              "|---|---|---|---|---|---|"]
+    def row(label, ours, lib):
+        per_seed = [" ".join(f"{100 * _final(r, 'f1'):.1f}" for r in runs) or "-"
+                    for runs in (ours, lib)]
+        return (f"| {label} | {_summary(ours, 'f1')} / {_summary(lib, 'f1')} | "
+                f"{_summary(ours, 'accuracy')} / {_summary(lib, 'accuracy')} | {per_seed[0]} | "
+                f"{per_seed[1]} | {len(ours)} / {len(lib)} |")
+
     for method in common.NEWER_METHODS:
         ours = our_accuracy(results, method, "newer_full")
         lib = sorted(accuracy.get(method, []), key=lambda r: r["seed"])
-        if not ours and not lib:
-            continue
-        per_seed = [" ".join(f"{100 * _final(r, 'f1'):.1f}" for r in runs) or "-"
-                    for runs in (ours, lib)]
-        lines.append(f"| {method} | {_summary(ours, 'f1')} / {_summary(lib, 'f1')} | "
-                     f"{_summary(ours, 'accuracy')} / {_summary(lib, 'accuracy')} | {per_seed[0]} | "
-                     f"{per_seed[1]} | {len(ours)} / {len(lib)} |")
-        # Ours again with the library's head, where run: separates the head from the method.
+        if ours or lib:
+            lines.append(row(method, ours, lib))
+        # Ours again with the peers' head, where run (`METHOD@cls`): tells a head effect from a
+        # method effect.
         same_head = our_accuracy(results, f"{method}@cls", "newer_full")
         if same_head:
-            lines.append(f"| {method}, ours with the library's head | {_summary(same_head, 'f1')} / "
-                         f"{_summary(lib, 'f1')} | {_summary(same_head, 'accuracy')} / "
-                         f"{_summary(lib, 'accuracy')} | "
-                         + " ".join(f"{100 * _final(r, 'f1'):.1f}" for r in same_head)
-                         + f" | {per_seed[1]} | {len(same_head)} / {len(lib)} |")
+            lines.append(row(f"{method}, ours with the peers' head (pooler over [CLS])", same_head, lib))
     return "\n".join(lines)
 
 

@@ -575,4 +575,4 @@ def test_a_method_run_with_the_library_s_head_gets_its_own_row(tmp_path):
     rows = newer_methods_report.render_full_budget(results).splitlines()[2:]
     assert rows == [
         "| dora | 85.0 / 80.0 | 70.0 / 75.0 | 85.0 | 80.0 | 1 / 1 |",
-        "| dora, ours with the library's head | 81.0 / 80.0 | 70.0 / 75.0 | 81.0 | 80.0 | 1 / 1 |"]
+        "| dora, ours with the peers' head (pooler over [CLS]) | 81.0 / 80.0 | 70.0 / 75.0 | 81.0 | 80.0 | 1 / 1 |"]
