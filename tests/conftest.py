@@ -1,5 +1,6 @@
 """Shared test setup: offline hub, quiet TensorFlow, paths to the shared GLUE files."""
 
+import collections
 import os
 from pathlib import Path
 
@@ -29,9 +30,7 @@ def pytest_collection_modifyitems(config, items):
     The second key is what xdist's own reordering does; pytest.ini turns that off because it
     would put a file of two long tests at the very end.
     """
-    counts = {}
-    for item in items:
-        counts[item.path] = counts.get(item.path, 0) + 1
+    counts = collections.Counter(item.path for item in items)
 
     def key(item):
         name = item.path.name
