@@ -227,3 +227,14 @@ def test_hub_id_loads_from_cache_offline(tmp_path, monkeypatch):
 def test_save_is_atomic_no_temporary_files_left(tmp_path):
     save_hf_checkpoint(tiny_encoder(), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_the_packaged_minilm_pooler_was_never_trained():
+    """The peers' classification head reads [CLS] through this pooler, frozen: a zero bias and
+    weights at initialisation scale (std 0.009, against 0.039 in a trained layer) say it is
+    random, which the benchmark comparisons rely on when they explain a gap by the head."""
+    _, weights, _ = read_checkpoint("all-minilm-l6-v2")
+    assert not np.any(np.asarray(weights["pooler.dense.bias"]))
+    pooler = float(np.std(weights["pooler.dense.weight"]))
+    trained = float(np.std(weights["encoder.layer.5.output.dense.weight"]))
+    assert pooler < 0.01 < 0.03 < trained
