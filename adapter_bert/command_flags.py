@@ -63,7 +63,9 @@ def define_training_flags() -> None:
     flags.DEFINE_float("learning_rate", 3e-4, "Peak learning rate of AdamW.")
     flags.DEFINE_float("warmup_ratio", 0.1, "Fraction of steps with linear warmup (then linear decay).")
     flags.DEFINE_float("weight_decay", 0.0, "AdamW decoupled weight decay.")
-    flags.DEFINE_float("max_grad_norm", None, "Clip gradients to this norm.")
+    flags.DEFINE_float("max_grad_norm", None,
+                      "Clip the global norm of the whole batch's gradient (all trained weights, "
+                      "summed over replicas) to this value.")
     flags.DEFINE_float("layer_lr_decay", None, "Layer-wise learning rates: layer l of L trains at "
                        "lr * D**(L - l), the embeddings lowest, the head at lr.")
     flags.DEFINE_enum("regularizer", None, ["l2sp", "ewc", "kl"],

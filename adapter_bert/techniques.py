@@ -133,8 +133,9 @@ class UnfreezingSchedule:
 
 # --- the optimizer --------------------------------------------------------------------------------
 
-def make_techniques_adamw(learning_rate, weight_decay: float = 0.0, clipnorm=None, factors=None):
-    """A `TechniquesAdamW` (the class is made on first use: Keras is imported late)."""
+def make_techniques_adamw(learning_rate, weight_decay: float = 0.0, factors=None):
+    """A `TechniquesAdamW` (the class is made on first use: Keras is imported late). Gradient
+    clipping is the train step's (`adapter_bert.training.make_train_step`)."""
     import keras
 
     class TechniquesAdamW(keras.optimizers.Adam):
@@ -177,8 +178,7 @@ def make_techniques_adamw(learning_rate, weight_decay: float = 0.0, clipnorm=Non
             alpha = lr * ops.sqrt(1 - ops.power(self.beta_2, t)) / (1 - ops.power(self.beta_1, t))
             self.assign_sub(variable, m * alpha / (ops.sqrt(v) + self.epsilon))
 
-    return TechniquesAdamW(learning_rate, weight_decay=weight_decay, factors=factors,
-                           clipnorm=clipnorm)
+    return TechniquesAdamW(learning_rate, weight_decay=weight_decay, factors=factors)
 
 
 # --- cautious updating ----------------------------------------------------------------------------

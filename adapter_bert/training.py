@@ -763,6 +763,7 @@ def make_optimizer(args: TrainingArgs, total_steps: int, factors: dict | None = 
 
     With layer-wise learning rates or gradual unfreezing it is `TechniquesAdamW`
     (`adapter_bert.techniques`): `factors` maps `id(variable)` to its learning-rate factor.
+    `args.max_grad_norm` is not the optimizer's: the train step clips (`make_train_step`).
     """
     import keras
 
@@ -770,18 +771,56 @@ def make_optimizer(args: TrainingArgs, total_steps: int, factors: dict | None = 
     if args.layer_lr_decay is not None or args.gradual_unfreezing is not None:
         from adapter_bert.techniques import make_techniques_adamw
 
-        optimizer = make_techniques_adamw(schedule, weight_decay=args.weight_decay,
-                                          clipnorm=args.max_grad_norm, factors=factors)
+        optimizer = make_techniques_adamw(schedule, weight_decay=args.weight_decay, factors=factors)
     else:
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay,
-                                           clipnorm=args.max_grad_norm)
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
     if args.mixed_precision == "fp16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return schedule, optimizer
 
 
+def clip_global_norm_across_replicas(grads, max_norm):
+    """`grads` scaled so that their sum over the replicas has a global norm of at most
+    `max_norm`: what `torch.nn.utils.clip_grad_norm_` does to one device's gradient of the whole
+    batch. Keras' own `clipnorm` differs twice: it clips each weight's gradient on its own, and
+    under tf.distribute each replica's part before they are summed. `None` entries stay `None`;
+    an embedding's sparse gradient counts as its dense form.
+
+    With several replicas the norm needs the summed gradient, so this costs one more all-reduce
+    (only when clipping is asked for).
+
+    Example:
+    >>> import tensorflow as tf
+    >>> clipped = clip_global_norm_across_replicas([tf.constant([3.0]), None, tf.constant([4.0])], 1.0)
+    >>> [None if g is None else round(float(g[0]), 6) for g in clipped]
+    [0.6, None, 0.8]
+    """
+    import tensorflow as tf
+
+    present = [g for g in grads if g is not None]
+    context = tf.distribute.get_replica_context()
+    summed = present
+    if context is not None and context.num_replicas_in_sync > 1:
+        summed = context.all_reduce(tf.distribute.ReduceOp.SUM, present)
+    norm = tf.linalg.global_norm([_rows_summed(g) for g in summed])
+    clipped, _ = tf.clip_by_global_norm(present, max_norm, use_norm=norm)
+    clipped = iter(clipped)
+    return [None if g is None else next(clipped) for g in grads]
+
+
+def _rows_summed(gradient):
+    """An embedding's sparse gradient with each repeated row's parts added: the norm of the dense
+    gradient, which the parts' own norm is not (a token seen twice in a batch)."""
+    import tensorflow as tf
+
+    if not isinstance(gradient, tf.IndexedSlices):
+        return gradient
+    rows, positions = tf.unique(gradient.indices)
+    return tf.math.unsorted_segment_sum(gradient.values, positions, tf.shape(rows)[0])
+
+
 def make_train_step(model, optimizer, trainable, loss, replicas: int = 1, penalty=None,
-                    forgetting=None):
+                    forgetting=None, max_grad_norm: float | None = None):
     """One optimisation step on one replica's batch: forward, loss, gradients, update.
 
     `loss(labels, logits)` is an objective's (`adapter_bert.objectives`): the replica's share of
@@ -789,7 +828,8 @@ def make_train_step(model, optimizer, trainable, loss, replicas: int = 1, penalt
     gradient on the whole batch; a trained AdapterFusion's regularisation is added once (a
     `1 / replicas` share per replica), and so is `penalty()` (L2-SP or EWC,
     `adapter_bert.techniques.WeightPull`). `forgetting(inputs, encoder_outputs)` (learning
-    without forgetting) is already the replica's share.
+    without forgetting) is already the replica's share. `max_grad_norm` clips the global norm of
+    the whole batch's gradient (`clip_global_norm_across_replicas`).
     The benchmarks in `bench/` call the same step, so their throughput is the training command's.
 
     Example:
@@ -835,6 +875,13 @@ def make_train_step(model, optimizer, trainable, loss, replicas: int = 1, penalt
                 loss = loss + tf.cast(penalty(), loss.dtype) / replicas
             scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
         grads = tape.gradient(scaled, watched)
+        if max_grad_norm is not None:
+            # A loss-scaled gradient is clipped at the scaled norm: the same clip, before the
+            # optimizer divides the scale out.
+            limit = max_grad_norm
+            if hasattr(optimizer, "scale_loss"):
+                limit = max_grad_norm * tf.cast(optimizer.scale_loss(1.0), tf.float32)
+            grads = clip_global_norm_across_replicas(grads, limit)
         # Some trained weights get no gradient from a given head (a ReFT unit for suffix
         # positions a CLS head never reads): they stay as they are, without Keras' warning.
         optimizer.apply_gradients([(g, v) for g, v in zip(grads, trainable) if g is not None])
@@ -1030,7 +1077,8 @@ def _train_in(args, claim, objective, tokenizer, strategy, model, optimizer, sch
         # Gradual unfreezing: each stage is its own step, over the weights trained by then.
         train_step = make_train_step(model, optimizer, unfreezing.variables(stage),
                                      objective.loss(global_batch), replicas,
-                                     penalty=techniques.penalty, forgetting=techniques.forgetting)
+                                     penalty=techniques.penalty, forgetting=techniques.forgetting,
+                                     max_grad_norm=args.max_grad_norm)
 
         def distributed_step(inputs, labels):
             losses = strategy.run(train_step, args=(inputs, labels))

@@ -215,6 +215,72 @@ def test_mirrored_two_cpus_matches_one_device(tmp_path, tiny_checkpoint):
         np.testing.assert_allclose(weights["mirrored"][name], value, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("trained, loss_scaled", [("adapter", False), ("adapter", True),
+                                                   ("everything", False)])
+def test_max_grad_norm_clips_the_whole_gradient(trained, loss_scaled):
+    """One SGD step (lr 1) moves the weights by minus the gradient: clipped, the move over all
+    trained weights together has exactly the asked norm and each weight's share of the unclipped
+    move (Keras' per-weight `clipnorm` would give every weight that norm). Under fp16's loss
+    scaling, the same move; with the embeddings trained, their sparse gradients (rows repeated
+    within the batch) count at their dense norm."""
+    import keras
+
+    from adapter_bert import AdapterBertModel
+    from adapter_bert.objectives import GlueObjective
+    from adapter_bert.testing import random_inputs, tiny_encoder
+    from adapter_bert.training import make_train_step
+
+    def move(max_grad_norm):
+        keras.utils.set_random_seed(0)
+        model = AdapterBertModel(tiny_encoder())
+        model.add_adapter("t", config="seq_bn[reduction_factor=4]")
+        model.add_classification_head("t", num_labels=2)
+        model.train_adapter("t")
+        if trained == "everything":
+            model.bert.trainable = True
+        optimizer = keras.optimizers.SGD(1.0)
+        if loss_scaled:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        trainable = model.trainable_weights
+        before = [np.array(v) for v in trainable]
+        step = make_train_step(model, optimizer, trainable,
+                               GlueObjective(None, get_task("sst2")).loss(global_batch=4),
+                               max_grad_norm=max_grad_norm)
+        step(random_inputs(batch=4, seq=8, seed=1), np.array([0, 1, 1, 0], "int32"))
+        return [np.array(v) - b for v, b in zip(trainable, before)]
+
+    free = move(None)
+    free_norm = np.sqrt(sum(float(np.sum(d.astype(np.float64) ** 2)) for d in free))
+    limit = free_norm / 10
+    clipped = move(limit)
+    clipped_norm = np.sqrt(sum(float(np.sum(d.astype(np.float64) ** 2)) for d in clipped))
+    np.testing.assert_allclose(clipped_norm, limit, rtol=1e-5)
+    for c, f in zip(clipped, free):
+        np.testing.assert_allclose(c, f / 10, atol=1e-6 * max(1.0, float(np.abs(f).max())))
+    # A limit above the gradient's norm changes nothing.
+    for c, f in zip(move(free_norm * 2), free):
+        np.testing.assert_allclose(c, f, atol=1e-7)
+
+
+def test_max_grad_norm_clips_the_summed_gradient_under_mirrored(tmp_path, tiny_checkpoint):
+    """Clipping every step (a tiny norm) on 2 logical CPUs trains the weights one device does:
+    the norm is that of the whole batch's gradient, not of each replica's part."""
+    from safetensors.numpy import load_file
+
+    write_glue_task(tmp_path / "glue", "sst2", n=16)
+    weights = {}
+    for strategy in ("default", "mirrored"):
+        train_on_two_logical_cpus(
+            f"task='sst2', casing={str(tiny_checkpoint)!r}, data_dir={str(tmp_path / 'glue')!r}, "
+            f"adapter_config='lora[r=4]', batch_size=8, epochs=2, max_seq_length=32, "
+            f"learning_rate=1e-2, max_grad_norm=1e-3, strategy={strategy!r}, "
+            f"saved_models_dir={str(tmp_path / strategy)!r}, eval_every=1000, predict_test=False",
+            strategy)
+        weights[strategy] = load_file(str(tmp_path / strategy / "sst2" / "adapter" / "adapter.safetensors"))
+    for name, value in weights["default"].items():
+        np.testing.assert_allclose(weights["mirrored"][name], value, atol=1e-5, err_msg=name)
+
+
 def kill_and_resume(flags, checkpoints_dir: Path, checkpoints=range(2, 12), checkpoints_every=2):
     """Starts the command with `flags`, SIGKILLs it once `checkpoints_dir` holds the checkpoint
     of a random step (`checkpoints_every` times one of `checkpoints`), then reruns it and checks
