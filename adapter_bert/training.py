@@ -784,7 +784,7 @@ def clip_global_norm_across_replicas(grads, max_norm):
     `max_norm`: what `torch.nn.utils.clip_grad_norm_` does to one device's gradient of the whole
     batch. Keras' own `clipnorm` differs twice: it clips each weight's gradient on its own, and
     under tf.distribute each replica's part before they are summed. `None` entries stay `None`;
-    an embedding's sparse gradient counts as its dense form.
+    sparse gradients come back dense (`dense_gradients`).
 
     With several replicas the norm needs the summed gradient, so this costs one more all-reduce
     (only when clipping is asked for).
@@ -797,26 +797,30 @@ def clip_global_norm_across_replicas(grads, max_norm):
     """
     import tensorflow as tf
 
-    present = [g for g in grads if g is not None]
+    present = [g for g in dense_gradients(grads) if g is not None]
     context = tf.distribute.get_replica_context()
     summed = present
     if context is not None and context.num_replicas_in_sync > 1:
         summed = context.all_reduce(tf.distribute.ReduceOp.SUM, present)
-    norm = tf.linalg.global_norm([_rows_summed(g) for g in summed])
-    clipped, _ = tf.clip_by_global_norm(present, max_norm, use_norm=norm)
+    clipped, _ = tf.clip_by_global_norm(present, max_norm, use_norm=tf.linalg.global_norm(summed))
     clipped = iter(clipped)
     return [None if g is None else next(clipped) for g in grads]
 
 
-def _rows_summed(gradient):
-    """An embedding's sparse gradient with each repeated row's parts added: the norm of the dense
-    gradient, which the parts' own norm is not (a token seen twice in a batch)."""
+def dense_gradients(grads):
+    """`grads` with each sparse gradient (an embedding's `tf.IndexedSlices`) made dense, so a row
+    read by several tokens, or updated by several replicas, has its parts added before anything
+    squares them. `None` entries stay `None`.
+
+    Example:
+    >>> import tensorflow as tf
+    >>> rows = tf.IndexedSlices(tf.constant([[1.0], [2.0]]), tf.constant([0, 0]), tf.constant([3, 1]))
+    >>> dense_gradients([rows, None])[0].numpy().ravel().tolist()
+    [3.0, 0.0, 0.0]
+    """
     import tensorflow as tf
 
-    if not isinstance(gradient, tf.IndexedSlices):
-        return gradient
-    rows, positions = tf.unique(gradient.indices)
-    return tf.math.unsorted_segment_sum(gradient.values, positions, tf.shape(rows)[0])
+    return [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
 
 
 def make_train_step(model, optimizer, trainable, loss, replicas: int = 1, penalty=None,
@@ -874,7 +878,10 @@ def make_train_step(model, optimizer, trainable, loss, replicas: int = 1, penalt
             if penalty is not None:
                 loss = loss + tf.cast(penalty(), loss.dtype) / replicas
             scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
-        grads = tape.gradient(scaled, watched)
+        # Dense, as Adam's second moment of a row needs the row's whole gradient: Keras' sparse
+        # path squares a repeated row's parts before adding them (a token twice in a batch, or
+        # the same row on two replicas), which a dense (PyTorch) Adam does not.
+        grads = dense_gradients(tape.gradient(scaled, watched))
         if max_grad_norm is not None:
             # A loss-scaled gradient is clipped at the scaled norm: the same clip, before the
             # optimizer divides the scale out.

@@ -79,7 +79,8 @@ def child(method: str, task: str, steps: int, padding: str) -> dict:
     _, optimizer = make_optimizer(args, total_steps=1000)
     trainable = model.trainable_weights
     optimizer.build(trainable)
-    step = tf.function(make_train_step(model, optimizer, trainable, objective.loss(32)), reduce_retracing=True)
+    step = tf.function(make_train_step(model, optimizer, trainable, objective.loss(32),
+                                       max_grad_norm=args.max_grad_norm), reduce_retracing=True)
     before_steps_mb = status_mb("VmRSS")
     reset_peak_rss()
     for inputs, labels in batches:

@@ -100,7 +100,8 @@ def make_step(method: str, task: str, skip_padding: bool = True):
     trainable = model.trainable_weights
     optimizer.build(trainable)
     spec = tf.TensorSpec([None, None], tf.int32)
-    step = tf.function(make_train_step(model, optimizer, trainable, objective.loss(args.batch_size)),
+    step = tf.function(make_train_step(model, optimizer, trainable, objective.loss(args.batch_size),
+                                       max_grad_norm=args.max_grad_norm),
                        input_signature=[{k: spec for k in ("input_ids", "attention_mask", "token_type_ids")},
                                         tf.TensorSpec([None], tf.int32)])
     counts = {"trainable_params": int(sum(np.prod(v.shape) for v in trainable)),
