@@ -277,7 +277,7 @@ def _verdict(ok: bool) -> str:
 
 
 def targets_section(res: dict) -> list[str]:
-    """Issue 6's targets, each with the measured figure and whether it is met."""
+    """The speed and memory targets, each with the measured figure and whether it is met."""
     rows = []
     train, peers_train = res["train"], res["peers_train"]
     if train and "houlsby_over_full" in train:
@@ -345,7 +345,7 @@ def targets_section(res: dict) -> list[str]:
                                  f"{100 * gap:.1f} points below", "**missed** (see the accuracy notes)"])
     if not rows:
         return []
-    return ["### Targets of issue 6", "", _table(["target", "measured", "verdict"], rows), ""]
+    return ["### Speed and memory targets", "", _table(["target", "measured", "verdict"], rows), ""]
 
 
 def profile_section(profile: dict) -> list[str]:
