@@ -10,7 +10,8 @@
         --out /tmp/adapter_bert_bench/checks/newer_methods
     python bench/peers.py --mode accuracy --systems adapters:compacter,... --project_subset 1000 \
         --epochs 2 --padding dynamic --out /tmp/adapter_bert_bench/newer/peers
-    python bench/accuracy.py --tasks mrpc --methods $M,compacter++@cls --seeds 0,1,2 --epochs 3 \
+    python bench/accuracy.py --tasks mrpc --methods $M,compacter@cls,compacter++@cls,seq_bn_inv@cls,loreft@cls \
+        --seeds 0,1,2 --epochs 3 \
         --out /tmp/adapter_bert_bench/newer_full
     python bench/peers.py --mode accuracy --systems adapters:compacter,... --seeds 0,1,2 \
         --epochs 3 --padding dynamic --out /tmp/adapter_bert_bench/newer_full/peers

@@ -48,9 +48,10 @@ python bench/accuracy.py --tasks mrpc --methods "$NEWER" --mrpc_train_examples 1
     --out "$OUT/checks/newer_methods"
 python bench/peers.py --mode accuracy --systems "$LIBRARY" --project_subset 1000 --epochs 2 \
     --padding dynamic --out "$OUT/newer/peers"
-# The same methods with the whole budget (all of MRPC, 3 epochs, 3 seeds), both sides; Compacter++
-# also with the peers' head (@cls), the control for the one gap between the sides.
-python bench/accuracy.py --tasks mrpc --methods "$NEWER,compacter++@cls" --seeds 0,1,2 --epochs 3 \
+# The same methods with the whole budget (all of MRPC, 3 epochs, 3 seeds), both sides; four of
+# them also with the peers' head (@cls), the control that tells a head effect from a method's.
+SAME_HEAD="compacter@cls,compacter++@cls,seq_bn_inv@cls,loreft@cls"
+python bench/accuracy.py --tasks mrpc --methods "$NEWER,$SAME_HEAD" --seeds 0,1,2 --epochs 3 \
     --out "$OUT/newer_full"
 python bench/peers.py --mode accuracy --systems "$LIBRARY" --seeds 0,1,2 --epochs 3 \
     --padding dynamic --out "$OUT/newer_full/peers"
